@@ -1,0 +1,1 @@
+"""Operator-facing HTTP API: live fleet as GeoJSON, devices, feeds."""

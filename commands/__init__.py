@@ -1,0 +1,1 @@
+"""Server-to-device commands (lock, unlock, locate, alarm) and subscription-driven lockout."""

@@ -1,0 +1,235 @@
+"""The `fleet` command: stack management, the services, the simulator and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from gateway.settings import Settings
+
+app = typer.Typer(help="IoT fleet gateway and telemetry engine.", no_args_is_help=True)
+stack_app = typer.Typer(help="Local Mosquitto, PostgreSQL + TimescaleDB and Redis under the state folder.")
+devices_app = typer.Typer(help="Register and manage devices (database, broker credentials, gateway).")
+app.add_typer(stack_app, name="stack")
+app.add_typer(devices_app, name="devices")
+console = Console()
+
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="State folder (default .fleet/).")]
+
+
+def _settings(state_dir: Path | None = None) -> Settings:
+    settings = Settings()
+    if state_dir is not None:
+        settings = settings.model_copy(update={"state_dir": state_dir})
+    return settings
+
+
+# -- stack ----------------------------------------------------------------------------------------
+@stack_app.command("install")
+def stack_install() -> None:
+    """Install the server binaries and build TimescaleDB if missing (root), else print what to run."""
+    from gateway.stack import StackError, ensure_installed
+
+    try:
+        ensure_installed(log=console.print)
+    except StackError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@stack_app.command("up")
+def stack_up(state_dir: StateDir = None) -> None:
+    """Start the servers (installing them first if needed) and apply the schema."""
+    from gateway.config import resolve
+    from gateway.stack import StackError, ensure_installed
+    from ingest.migrate import migrate
+
+    settings = _settings(state_dir)
+    try:
+        if not settings.external:
+            ensure_installed(log=console.print)
+        endpoints = resolve(settings, start=True)
+    except StackError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    applied = migrate(endpoints.database_url)
+    console.print(f"schema: {len(applied)} migration(s) applied")
+    for name, value in endpoints.env().items():
+        console.print(f"{name}={value}", highlight=False, soft_wrap=True)
+
+
+@stack_app.command("down")
+def stack_down(state_dir: StateDir = None) -> None:
+    """Stop the local servers; no process is left behind."""
+    from gateway.config import local_stack
+
+    local_stack(_settings(state_dir)).down()
+    console.print("stack stopped")
+
+
+@stack_app.command("status")
+def stack_status(state_dir: StateDir = None) -> None:
+    from gateway.config import local_stack
+
+    for name, info in local_stack(_settings(state_dir)).status().items():
+        console.print(f"{name:10} {info}", highlight=False)
+
+
+# -- services -------------------------------------------------------------------------------------
+@app.command()
+def migrate(state_dir: StateDir = None) -> None:
+    """Apply the database schema migrations that are not applied yet."""
+    from gateway.config import resolve
+    from ingest.migrate import migrate as run
+
+    applied = run(resolve(_settings(state_dir)).database_url)
+    console.print(f"{len(applied)} migration(s) applied: {[m.name for m in applied]}")
+
+
+@app.command()
+def gateway(state_dir: StateDir = None) -> None:
+    """Run a gateway process (MQTT → Redis stream). Several may run side by side."""
+    from gateway.config import resolve
+    from gateway.process import setup_logging
+    from gateway.service import run_gateway
+
+    setup_logging()
+    settings = _settings(state_dir)
+    endpoints = resolve(settings)
+    run_gateway(
+        endpoints.mqtt_url,
+        endpoints.redis_url,
+        settings.stream_key,
+        settings.max_payload_bytes,
+        settings.future_tolerance_s,
+    )
+
+
+@app.command()
+def ingest(state_dir: StateDir = None) -> None:
+    """Run an ingest worker (Redis stream → TimescaleDB + live state). Several may run side by side."""
+    from gateway.config import resolve
+    from gateway.process import setup_logging
+    from ingest.service import run_ingest
+
+    setup_logging()
+    settings = _settings(state_dir)
+    endpoints = resolve(settings)
+    run_ingest(
+        endpoints.redis_url,
+        endpoints.database_url,
+        settings.stream_key,
+        settings.ingest_group,
+        settings.ingest_batch_entries,
+    )
+
+
+@app.command()
+def api(state_dir: StateDir = None, host: str | None = None, port: int | None = None) -> None:
+    """Serve the operator API."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.deps import ApiConfig
+    from gateway.config import resolve
+
+    settings = _settings(state_dir)
+    endpoints = resolve(settings)
+    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url)
+    uvicorn.run(create_app(config), host=host or settings.api_host, port=port or settings.api_port, log_level="info")
+
+
+# -- devices --------------------------------------------------------------------------------------
+def _registry(state_dir: Path | None):  # type: ignore[no-untyped-def]
+    from gateway.broker_admin import BrokerAdmin
+    from gateway.config import resolve
+    from gateway.registry import DeviceRegistry
+
+    endpoints = resolve(_settings(state_dir))
+    if not endpoints.mqtt_admin_url:
+        console.print("[red]no broker admin account: set FLEET_MQTT_ADMIN_URL[/red]")
+        raise typer.Exit(1)
+    return DeviceRegistry(endpoints.database_url, endpoints.redis_url, BrokerAdmin(endpoints.mqtt_admin_url))
+
+
+@devices_app.command("add")
+def devices_add(device_id: str, name: str = "", model: str = "generic", state_dir: StateDir = None) -> None:
+    """Register a device and print its MQTT credentials (shown once)."""
+    from gateway.registry import DeviceSpec, RegistryError
+
+    registry = _registry(state_dir)
+    try:
+        (creds,) = registry.register([DeviceSpec(device_id, name, model)])
+    except RegistryError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"device {creds.device_id}: username={creds.username} password={creds.password}", highlight=False)
+
+
+@devices_app.command("list")
+def devices_list(state_dir: StateDir = None) -> None:
+    for device in _registry(state_dir).list():
+        console.print(f"{device.id:24} {device.status:9} {device.model:12} {device.name}", highlight=False)
+
+
+def _device_action(action: str, device_id: str, state_dir: Path | None) -> None:
+    from gateway.registry import RegistryError
+
+    try:
+        getattr(_registry(state_dir), action)(device_id)
+    except RegistryError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{device_id}: {action}d")
+
+
+@devices_app.command("disable")
+def devices_disable(device_id: str, state_dir: StateDir = None) -> None:
+    _device_action("disable", device_id, state_dir)
+
+
+@devices_app.command("enable")
+def devices_enable(device_id: str, state_dir: StateDir = None) -> None:
+    _device_action("enable", device_id, state_dir)
+
+
+@devices_app.command("delete")
+def devices_delete(device_id: str, state_dir: StateDir = None) -> None:
+    _device_action("delete", device_id, state_dir)
+
+
+# -- simulator and demo ---------------------------------------------------------------------------
+@app.command()
+def simulate(
+    devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 200,
+    rate: Annotated[float, typer.Option(help="Messages per second per device.")] = 0.2,
+    format: Annotated[str, typer.Option("--format", help="json|nmea|owntracks|mixed")] = "json",
+    seed: int = 1,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    prefix: str = "sim-",
+    state_dir: StateDir = None,
+) -> None:
+    """Run a simulated fleet through the real broker (devices are registered first)."""
+    from gateway.demo import simulate as run
+
+    run(_settings(state_dir), devices=devices, rate=rate, fmt=format, seed=seed, duration=duration,
+        count=count, prefix=prefix, console=console)  # fmt: skip
+
+
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 200,
+    state_dir: StateDir = None,
+) -> None:
+    """The whole system with a simulated fleet; Ctrl-C stops everything."""
+    from gateway.demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(state_dir), devices=devices, console=console))
+
+
+if __name__ == "__main__":
+    app()

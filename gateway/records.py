@@ -1,0 +1,81 @@
+"""Types that flow between pipeline stages.
+
+Every stage boundary carries frozen, slotted dataclasses so a stage cannot mutate what an earlier
+stage handed on, and so the pure core never depends on a transport library's message class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Source(StrEnum):
+    """Which device protocol produced a record; stored so odd data can be traced to its decoder."""
+
+    JSON = "json"
+    NMEA = "nmea"
+    OWNTRACKS = "owntracks"
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One MQTT message exactly as the broker delivered it, stamped with our own clock."""
+
+    topic: str
+    payload: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """One decoded device report: a position, a state snapshot, or both.
+
+    Units are fixed here once so that no later stage converts: degrees WGS84, km/h, metres, percent.
+    `time` is the device's own clock (UTC) and together with `device_id` identifies the record:
+    a QoS 1 redelivery or a firmware resend carries the same pair and is stored once.
+    """
+
+    device_id: str
+    time: datetime
+    source: Source
+    lat: float | None = None
+    lon: float | None = None
+    altitude_m: float | None = None
+    speed_kmh: float | None = None
+    heading_deg: float | None = None
+    accuracy_m: float | None = None
+    fix: int | None = None  # 0 no fix, 2 = 2D, 3 = 3D (as NMEA/gpsd)
+    satellites: int | None = None
+    hdop: float | None = None
+    battery_pct: float | None = None
+    odometer_m: float | None = None
+    locked: bool | None = None
+    faults: tuple[str, ...] = field(default=())
+
+    @property
+    def has_position(self) -> bool:
+        return self.lat is not None and self.lon is not None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message we refused, kept with its raw bytes so nothing accepted-or-not is silently gone."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    received_at: datetime
+    device_id: str | None = None
+    detail: str = ""
+
+
+class DecodeError(ValueError):
+    """A payload that cannot become telemetry. `reason` is a short stable code used in dead letters
+    and counters (`bad_json`, `bad_checksum`, `out_of_range`, ...); the message is for humans."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,129 @@
+"""The device registry: one place that keeps the database, the broker and the gateway in agreement.
+
+Registering a device writes its row, creates its broker account (effective at once, no broker
+restart) and adds it to the set the gateway admits. Credentials are generated here and returned once;
+the broker stores only a salted hash.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+import redis
+
+from gateway.broker_admin import BrokerAdmin
+
+DEVICES_KEY = "fleet:devices"
+VERSION_KEY = "fleet:devices:version"
+
+
+class RegistryError(ValueError):
+    """A request the registry refuses (unknown device, bad id); the API turns it into a 4xx."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    id: str
+    name: str = ""
+    model: str = "generic"
+    password: str | None = None  # None: generate one
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: str
+    name: str
+    model: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    device_id: str
+    username: str
+    password: str
+
+
+class DeviceRegistry:
+    def __init__(self, database_url: str, redis_url: str, broker: BrokerAdmin) -> None:
+        self._database_url = database_url
+        self._redis = redis.Redis.from_url(redis_url)
+        self._broker = broker
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def register(self, specs: Sequence[DeviceSpec]) -> list[Credentials]:
+        """Create or re-key devices in bulk (thousands per call for simulators); idempotent per id."""
+        creds = [Credentials(s.id, s.id, s.password or secrets.token_urlsafe(18)) for s in specs]
+        with psycopg.connect(self._database_url) as conn, conn.cursor() as cur:
+            try:
+                cur.executemany(
+                    "INSERT INTO devices (id, name, model) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, model = EXCLUDED.model,"
+                    " status = 'active', updated_at = now()",
+                    [(s.id, s.name, s.model) for s in specs],
+                )
+            except psycopg.errors.CheckViolation as exc:
+                raise RegistryError(f"invalid device id: {exc.diag.message_primary}") from None
+        self._broker.add_devices([(c.device_id, c.password) for c in creds])
+        self._admit([c.device_id for c in creds])
+        return creds
+
+    def disable(self, device_id: str) -> None:
+        self._set_status(device_id, "disabled")
+        self._broker.disable_device(device_id)
+        self._evict([device_id])
+
+    def enable(self, device_id: str) -> None:
+        self._set_status(device_id, "active")
+        self._broker.enable_device(device_id)
+        self._admit([device_id])
+
+    def delete(self, device_id: str) -> None:
+        with psycopg.connect(self._database_url) as conn:
+            if conn.execute("DELETE FROM devices WHERE id = %s", (device_id,)).rowcount == 0:
+                raise RegistryError(f"no device {device_id!r}")
+        self._broker.delete_device(device_id)
+        self._evict([device_id])
+
+    def list(self) -> list[Device]:
+        with psycopg.connect(self._database_url) as conn:
+            rows = conn.execute("SELECT id, name, model, status FROM devices ORDER BY id").fetchall()
+        return [Device(*row) for row in rows]
+
+    def sync_gateway(self) -> int:
+        """Rebuild the gateway's admitted set from the database (after a Redis loss)."""
+        with psycopg.connect(self._database_url) as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM devices WHERE status = 'active'")]
+        pipe = self._redis.pipeline()
+        pipe.delete(DEVICES_KEY)
+        if ids:
+            pipe.sadd(DEVICES_KEY, *ids)
+        pipe.incr(VERSION_KEY)
+        pipe.execute()
+        return len(ids)
+
+    def _set_status(self, device_id: str, status: str) -> None:
+        with psycopg.connect(self._database_url) as conn:
+            updated = conn.execute(
+                "UPDATE devices SET status = %s, updated_at = now() WHERE id = %s", (status, device_id)
+            ).rowcount
+        if updated == 0:
+            raise RegistryError(f"no device {device_id!r}")
+
+    def _admit(self, ids: Sequence[str]) -> None:
+        pipe = self._redis.pipeline()
+        for start in range(0, len(ids), 5000):
+            pipe.sadd(DEVICES_KEY, *ids[start : start + 5000])
+        pipe.incr(VERSION_KEY)
+        pipe.execute()
+
+    def _evict(self, ids: Sequence[str]) -> None:
+        pipe = self._redis.pipeline()
+        pipe.srem(DEVICES_KEY, *ids)
+        pipe.incr(VERSION_KEY)
+        pipe.execute()

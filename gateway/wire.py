@@ -1,0 +1,37 @@
+"""The gateway → ingest hand-off format carried in the Redis stream.
+
+One stream entry holds everything one gateway flush accepted (often hundreds of messages), so the
+per-entry costs of Redis and of acknowledgement are paid per batch, not per record. msgpack via
+msgspec keeps encode+decode around 1.5 µs a record.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from gateway.records import DeadLetter, Telemetry
+
+FIELD = b"b"  # the single field of each stream entry
+
+
+class StreamEntry(msgspec.Struct, array_like=True, frozen=True):
+    """`received_at[i]` is the gateway's clock for `records[i]` (parallel lists keep it compact)."""
+
+    records: list[Telemetry]
+    received_at: list[datetime]
+    dead: list[DeadLetter]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(StreamEntry)
+
+
+def encode_entry(entry: StreamEntry) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode_entry(data: bytes) -> StreamEntry:
+    """Raises `msgspec.ValidationError`/`DecodeError` on a corrupt entry; ingest dead-letters it."""
+    return _decoder.decode(data)

@@ -1,0 +1,1 @@
+"""Vectorized geofence, trip and utilization core: pure functions over numpy arrays."""

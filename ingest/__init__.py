@@ -1,0 +1,1 @@
+"""Durable path from the Redis stream into TimescaleDB, plus the live last-known state in Redis."""

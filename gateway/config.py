@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.settings import Settings
-from gateway.stack import Ports, Stack, StackUrls
+
+if TYPE_CHECKING:
+    from gateway.stack import Stack, StackUrls
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,8 @@ class Endpoints:
 
 
 def local_stack(settings: Settings) -> Stack:
+    from gateway.stack import Ports, Stack
+
     ports = Ports(mqtt=settings.mqtt_port, postgres=settings.postgres_port, redis=settings.redis_port)
     return Stack(settings.state_dir, ports)
 

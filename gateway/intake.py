@@ -61,10 +61,20 @@ def classify(messages: Sequence[RawMessage], intake: Intake, *, now: datetime) -
                 ack = decoders.decode_ack(msg.payload)
                 outcome.acks.append(orjson.dumps({"device_id": route.device_id, **dataclasses.asdict(ack)}))
             else:
-                decoded = intake.decode(msg, now=now, max_payload=intake.max_payload)
+                decoded = intake.decode(
+                    msg, now=now, max_payload=intake.max_payload, future_tolerance_s=intake.future_tolerance_s
+                )
                 records.extend(decoded.records)
                 received.extend([msg.received_at] * len(decoded.records))
-                dead.extend(_rejects(msg, route.device_id, decoded.rejects))
+                for reject in decoded.rejects:
+                    if reject.reason in decoders.IGNORED_REASONS:
+                        outcome.ignored.append(reject.reason)
+                    else:
+                        # Part of a message refused (one bad NMEA line among good ones): keep its bytes.
+                        dead.append(
+                            DeadLetter(msg.topic, reject.raw, reject.reason, msg.received_at, route.device_id,
+                                       reject.detail)
+                        )  # fmt: skip
         except DecodeError as exc:
             if exc.reason in decoders.IGNORED_REASONS:
                 outcome.ignored.append(exc.reason)
@@ -73,12 +83,3 @@ def classify(messages: Sequence[RawMessage], intake: Intake, *, now: datetime) -
                     DeadLetter(msg.topic, msg.payload, exc.reason, msg.received_at, route.device_id, exc.detail)
                 )
     return outcome
-
-
-def _rejects(msg: RawMessage, device_id: str, rejects: Sequence[decoders.Reject]) -> list[DeadLetter]:
-    """Part of a message was refused (one bad NMEA line among good ones): keep the refused bytes."""
-    return [
-        DeadLetter(msg.topic, r.raw, r.reason, msg.received_at, device_id, r.detail)
-        for r in rejects
-        if r.reason not in decoders.IGNORED_REASONS
-    ]

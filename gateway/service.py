@@ -11,7 +11,6 @@ Several gateway processes share the device topics through an MQTT 5 shared subsc
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import socket
 import threading
@@ -79,7 +78,7 @@ class Gateway:
         self._target = mqtt_target
         self._redis = redis.Redis.from_url(redis_url)
         self._stream_key = stream_key
-        self._client_id = client_id or f"fleet-gateway-{socket.gethostname()}-{os.getpid()}"
+        self._client_id = client_id or f"fleet-gateway-{socket.gethostname()}"
         self._queue: queue.SimpleQueue[_Delivery] = queue.SimpleQueue()
         self._generation = 0
         self._connected = threading.Event()

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from api.geojson import feature_collection
+from gateway.records import Source, Telemetry
+from ingest.livestate import latest_patches
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def test_patch_merges_fields_in_device_time_order_regardless_of_arrival() -> None:
+    newer = Telemetry("b", T0 + timedelta(seconds=10), Source.JSON, battery_pct=50.0)
+    older = Telemetry("b", T0, Source.JSON, lat=1.0, lon=2.0, battery_pct=60.0)
+    patches = latest_patches([newer, older], [T0, T0])
+    assert patches["b"]["battery_pct"] == 50.0  # the newer report wins
+    assert (patches["b"]["lat"], patches["b"]["lon"]) == (1.0, 2.0)  # the position is kept
+    assert patches["b"]["ts"] == (T0 + timedelta(seconds=10)).timestamp()
+
+
+def test_geojson_is_lon_lat_and_skips_vehicles_without_position() -> None:
+    states = [
+        {"id": "a", "ts": T0.timestamp(), "lat": 52.5, "lon": 13.4, "faults": {}},
+        {"id": "b", "ts": T0.timestamp(), "battery_pct": 10},
+    ]
+    fc = feature_collection(states)
+    assert [f["id"] for f in fc["features"]] == ["a"]
+    feature = fc["features"][0]
+    assert feature["geometry"] == {"type": "Point", "coordinates": [13.4, 52.5]}
+    assert feature["properties"]["faults"] == []
+    assert feature["properties"]["device_time"] == "2026-11-23T12:00:00Z"

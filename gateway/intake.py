@@ -64,6 +64,8 @@ def classify(messages: Sequence[RawMessage], intake: Intake, *, now: datetime) -
                 decoded = intake.decode(
                     msg, now=now, max_payload=intake.max_payload, future_tolerance_s=intake.future_tolerance_s
                 )
+                if not decoded.records and not decoded.rejects:
+                    outcome.ignored.append("nothing_to_store")  # e.g. only GSV or proprietary NMEA lines
                 records.extend(decoded.records)
                 received.extend([msg.received_at] * len(decoded.records))
                 for reject in decoded.rejects:

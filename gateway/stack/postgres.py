@@ -1,0 +1,132 @@
+"""PostgreSQL 15 with TimescaleDB preloaded, listening on loopback TCP only (no Unix socket).
+
+PostgreSQL refuses to run as root, so when root starts the stack the cluster is created and run as the
+`postgres` user, with its folder owned by that user. The superuser role `fleet` has a generated password
+(scram-sha-256) rather than trust, because any local account can reach a loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import psycopg
+
+from gateway.stack.errors import StackError
+from gateway.stack.install import timescaledb_installed
+from gateway.stack.model import DATABASE, DATABASE_USER, LOOPBACK
+from gateway.stack.procs import run_as_kwargs
+from gateway.stack.server import Log, Server
+
+INCLUDE_LINE = "include_if_exists 'fleet.conf'\n"
+
+
+def render_config(port: int) -> str:
+    """Modest settings for a two-core development box (asynchronous commit: see docs/stack.md)."""
+    return f"""# written by `fleet stack up` on every start; edit gateway/stack/postgres.py instead
+listen_addresses = '{LOOPBACK}'
+port = {port}
+unix_socket_directories = ''
+max_connections = 100
+shared_buffers = 256MB
+work_mem = 16MB
+maintenance_work_mem = 128MB
+effective_cache_size = 1GB
+max_wal_size = 2GB
+checkpoint_timeout = 10min
+wal_compression = on
+synchronous_commit = off
+shared_preload_libraries = 'timescaledb'
+timescaledb.telemetry_level = off
+timescaledb.max_background_workers = 4
+max_worker_processes = 12
+log_destination = 'stderr'
+logging_collector = off
+log_min_messages = warning
+log_line_prefix = '%m [%p] '
+"""
+
+
+class Postgres(Server):
+    name = "postgres"
+    account = "postgres"
+    stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, checkpoint, exit
+
+    @property
+    def folder(self) -> str:
+        return "postgres"
+
+    @property
+    def data(self) -> str:
+        return str(self.home / "data")
+
+    def prepare(self, log: Log) -> None:
+        if not timescaledb_installed(self.binaries.pg_config):
+            raise StackError("TimescaleDB is not installed for PostgreSQL 15; run `fleet stack install` (as root)")
+        self.own_folder(self.home)
+        if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
+            self._initdb(log)
+        self.write_private(self.home / "data" / "fleet.conf", render_config(self.port))
+        main_conf = self.home / "data" / "postgresql.conf"
+        if INCLUDE_LINE not in main_conf.read_text():
+            with main_conf.open("a") as out:
+                out.write("\n" + INCLUDE_LINE)
+
+    def _initdb(self, log: Log) -> None:
+        log(f"creating the PostgreSQL cluster in {self.data}")
+        pwfile = self.home / "initdb-password"
+        self.write_private(pwfile, self.credentials.postgres + "\n")
+        try:
+            done = subprocess.run(
+                [
+                    str(self.binaries.pg_bin / "initdb"),
+                    f"--pgdata={self.data}",
+                    f"--username={DATABASE_USER}",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                ],
+                cwd=self.home,
+                capture_output=True,
+                text=True,
+                check=False,
+                **run_as_kwargs(self.account),  # type: ignore[arg-type]
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if done.returncode != 0:
+            raise StackError(f"initdb failed in {self.data}:\n{done.stdout}{done.stderr}")
+
+    def command(self) -> list[str]:
+        return [str(self.binaries.pg_bin / "postgres"), "-D", self.data]
+
+    def _connect(self, dbname: str) -> psycopg.Connection:
+        return psycopg.connect(
+            host=LOOPBACK,
+            port=self.port,
+            user=DATABASE_USER,
+            password=self.credentials.postgres,
+            dbname=dbname,
+            connect_timeout=2,
+            autocommit=True,
+        )
+
+    def answers(self) -> bool:
+        try:
+            with self._connect("postgres") as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
+        except psycopg.OperationalError as exc:
+            if "password authentication failed" in str(exc):
+                raise StackError(
+                    f"PostgreSQL rejects the password kept in {self.state_dir / 'credentials.json'}; "
+                    "delete the state folder to start afresh"
+                ) from None
+            return False
+
+    def after_start(self, log: Log) -> None:
+        with self._connect("postgres") as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
+                log(f"creating database {DATABASE}")
+                conn.execute(f'CREATE DATABASE "{DATABASE}"')

@@ -1,0 +1,59 @@
+"""Redis 7 holding the ingest stream: append-only file fsynced every second, so the buffer survives a restart."""
+
+from __future__ import annotations
+
+import redis
+
+from gateway.stack.model import LOOPBACK
+from gateway.stack.server import Log, Server
+
+MAX_CLIENTS = 10_000
+
+
+def render_config(port: int, password: str, data_dir: str) -> str:
+    return f"""# written by `fleet stack up` on every start; edit gateway/stack/redis_server.py instead
+bind {LOOPBACK}
+port {port}
+protected-mode yes
+requirepass {password}
+daemonize no
+supervised no
+dir {data_dir}
+appendonly yes
+appendfsync everysec
+appenddirname appendonly
+save ""
+logfile ""
+loglevel notice
+maxclients {MAX_CLIENTS}
+"""
+
+
+class Redis(Server):
+    name = "redis"
+    account = "redis"
+
+    @property
+    def folder(self) -> str:
+        return "redis"
+
+    def prepare(self, log: Log) -> None:
+        self.own_folder(self.home)
+        self.own_folder(self.home / "data")
+        self.write_private(
+            self.home / "redis.conf", render_config(self.port, self.credentials.redis, str(self.home / "data"))
+        )
+
+    def command(self) -> list[str]:
+        return [str(self.binaries.redis_server), str(self.home / "redis.conf")]
+
+    def answers(self) -> bool:
+        client = redis.Redis(
+            host=LOOPBACK, port=self.port, password=self.credentials.redis, socket_timeout=2, socket_connect_timeout=2
+        )
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            return False
+        finally:
+            client.close()

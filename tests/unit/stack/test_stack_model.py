@@ -1,0 +1,53 @@
+"""Ports, generated secrets and the URLs built from them."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import MqttTarget
+from gateway.stack import Credentials, Ports, StackError, free_ports
+
+
+def test_default_ports_avoid_the_system_services() -> None:
+    ports = Ports()
+    assert {ports.mqtt, ports.postgres, ports.redis}.isdisjoint({1883, 5432, 6379})
+
+
+@pytest.mark.parametrize("bad", [{"mqtt": 0}, {"redis": 70000}, {"postgres": "5432"}, {"mqtt": 15433}])
+def test_bad_ports_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(StackError):
+        Ports(**bad)  # type: ignore[arg-type]
+
+
+def test_free_ports_are_three_different_ports() -> None:
+    ports = free_ports()
+    assert len({ports.mqtt, ports.postgres, ports.redis}) == 3
+
+
+def test_credentials_are_created_once_private_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    first = Credentials.load_or_create(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Credentials.load_or_create(path) == first
+    assert len({first.postgres, first.redis, first.mqtt_service, first.mqtt_commands, first.mqtt_admin}) == 5
+
+
+def test_a_damaged_credentials_file_is_an_error_not_a_reset(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    path.write_text('{"postgres": "x"}')
+    with pytest.raises(StackError, match="damaged"):
+        Credentials.load_or_create(path)
+    assert path.read_text() == '{"postgres": "x"}'
+
+
+def test_urls_carry_the_accounts_and_parse_back() -> None:
+    creds = Credentials("pg-pw", "redis-pw", "svc-pw", "cmd-pw", "adm-pw")
+    urls = creds.urls(Ports(mqtt=1, postgres=2, redis=3))
+    assert urls.database_url == "postgresql://fleet:pg-pw@127.0.0.1:2/fleet"
+    assert urls.redis_url == "redis://:redis-pw@127.0.0.1:3/0"
+    assert MqttTarget.parse(urls.mqtt_url) == MqttTarget("127.0.0.1", 1, "fleet-service", "svc-pw")
+    assert MqttTarget.parse(urls.mqtt_commands_url).username == "fleet-commands"
+    assert MqttTarget.parse(urls.mqtt_admin_url).password == "adm-pw"

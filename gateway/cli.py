@@ -211,13 +211,16 @@ def simulate(
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
     prefix: str = "sim-",
+    credentials: Annotated[
+        Path | None, typer.Option(help="JSON file of device id → password; skips registration.")
+    ] = None,
     state_dir: StateDir = None,
 ) -> None:
     """Run a simulated fleet through the real broker (devices are registered first)."""
     from gateway.demo import simulate as run
 
     run(_settings(state_dir), devices=devices, rate=rate, fmt=format, seed=seed, duration=duration,
-        count=count, prefix=prefix, console=console)  # fmt: skip
+        count=count, prefix=prefix, console=console, credentials_file=credentials)  # fmt: skip
 
 
 @app.command()

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 from rich.console import Console
 
 from gateway.settings import MqttTarget, Settings
@@ -29,13 +30,16 @@ def _fleet_cmd(*args: str) -> list[str]:
 def register_simulated(settings: Settings, devices: int, prefix: str) -> dict[str, str]:
     """Register (or re-key) the simulated devices; returns device id → password."""
     from gateway.broker_admin import BrokerAdmin
-    from gateway.config import resolve
+    from gateway.config import local_stack, resolve
     from gateway.registry import DeviceRegistry, DeviceSpec
 
     endpoints = resolve(settings)
     if not endpoints.mqtt_admin_url:
         raise SystemExit("no broker admin account: set FLEET_MQTT_ADMIN_URL")
-    registry = DeviceRegistry(endpoints.database_url, endpoints.redis_url, BrokerAdmin(endpoints.mqtt_admin_url))
+    bulk = local_stack(settings).register_devices if endpoints.local_stack and not settings.mqtt_url else None
+    registry = DeviceRegistry(
+        endpoints.database_url, endpoints.redis_url, BrokerAdmin(endpoints.mqtt_admin_url), broker_bulk=bulk
+    )
     try:
         specs = [DeviceSpec(f"{prefix}{i:05d}", model="sim-ebike") for i in range(devices)]
         return {c.device_id: c.password for c in registry.register(specs)}
@@ -55,10 +59,9 @@ def simulate(
     prefix: str,
     console: Console,
 ) -> None:
+    from gateway.config import resolve
     from simulators.fleet import SimConfig, run_fleet
     from simulators.progress import ProgressLine
-
-    from gateway.config import resolve
 
     credentials = register_simulated(settings, devices, prefix)
     target = MqttTarget.parse(resolve(settings).mqtt_url)
@@ -86,6 +89,10 @@ def run_demo(settings: Settings, *, devices: int, console: Console) -> int:
         ensure_installed(log=console.print)
     endpoints = resolve(settings, start=True)
     migrate(endpoints.database_url)
+    console.print(f"registering {devices} simulated devices…")
+    creds_file = Path(settings.state_dir) / "demo-devices.json"
+    creds_file.write_bytes(orjson.dumps(register_simulated(settings, devices, "sim-")))
+    creds_file.chmod(0o600)
     env = {**os.environ, **endpoints.env(), "FLEET_STATE_DIR": str(settings.state_dir)}
     logs = Path(settings.state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -104,7 +111,7 @@ def run_demo(settings: Settings, *, devices: int, console: Console) -> int:
         children["simulator"] = _spawn(
             "simulator",
             ["simulate", "--devices", str(devices), "--rate", str(DEMO_RATE), "--format", "mixed",
-             "--duration", str(7 * 24 * 3600)],
+             "--duration", str(7 * 24 * 3600), "--credentials", str(creds_file)],
             env, logs,
         )  # fmt: skip
         url = f"http://{settings.api_host}:{settings.api_port}"

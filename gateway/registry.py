@@ -8,13 +8,17 @@ the broker stores only a salted hash.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
 import redis
 
 from gateway.broker_admin import BrokerAdmin
+from gateway.stack import DeviceCredentials
+
+BrokerBulk = Callable[[list[DeviceCredentials]], object]
+BULK_THRESHOLD = 50  # above this, a bulk writer (if given) beats one broker command per device
 
 DEVICES_KEY = "fleet:devices"
 VERSION_KEY = "fleet:devices:version"
@@ -48,10 +52,15 @@ class Credentials:
 
 
 class DeviceRegistry:
-    def __init__(self, database_url: str, redis_url: str, broker: BrokerAdmin) -> None:
+    def __init__(
+        self, database_url: str, redis_url: str, broker: BrokerAdmin, *, broker_bulk: BrokerBulk | None = None
+    ) -> None:
         self._database_url = database_url
         self._redis = redis.Redis.from_url(redis_url)
         self._broker = broker
+        # Mosquitto's dynamic security rewrites its file per command (about 50 ms each with thousands of
+        # accounts), so the local stack registers large fleets by writing the file once instead.
+        self._broker_bulk = broker_bulk
 
     def close(self) -> None:
         self._redis.close()
@@ -69,7 +78,11 @@ class DeviceRegistry:
                 )
             except psycopg.errors.CheckViolation as exc:
                 raise RegistryError(f"invalid device id: {exc.diag.message_primary}") from None
-        self._broker.add_devices([(c.device_id, c.password) for c in creds])
+        accounts = [DeviceCredentials(c.device_id, c.password) for c in creds]
+        if self._broker_bulk is not None and len(accounts) > BULK_THRESHOLD:
+            self._broker_bulk(accounts)
+        else:
+            self._broker.add_devices(accounts)
         self._admit([c.device_id for c in creds])
         return creds
 

@@ -8,12 +8,11 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from fleet_harness import device_client, publish_all, register, scalar, services, wait_for
 
 from api.app import create_app
 from api.deps import ApiConfig
 from gateway.config import Endpoints
-
-from .helpers import device_client, publish_all, register, scalar, services, wait_for
 
 pytestmark = pytest.mark.integration
 

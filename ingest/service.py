@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BLOCK_MS = 200
+POSITIONS_STREAM = "fleet:positions"  # committed batches, for the geofence/trip worker
+POSITIONS_MAXLEN = 200_000  # entries kept if no geofence worker reads them (about 10^7 records)
 CLAIM_IDLE_MS = 15_000
 DB_RETRY_S = 1.0
 
@@ -114,6 +116,7 @@ class IngestWorker:
         patches_records = []
         patches_received = []
         ids = []
+        committed: list[bytes] = []
         for entry_id, fields in entries:
             ids.append(entry_id)
             if not fields:  # deleted while pending: nothing to store
@@ -126,6 +129,8 @@ class IngestWorker:
                                     detail=str(exc)[:200])  # fmt: skip
                 dead.append(DeadRow(sid, 0, letter))
                 continue
+            if entry.records:
+                committed.append(fields[FIELD])
             rows.extend(map(telemetry_row, entry.records, entry.received_at))
             patches_records.extend(entry.records)
             patches_received.extend(entry.received_at)
@@ -134,7 +139,7 @@ class IngestWorker:
         result = self._retry(stop, lambda: self._write(rows, dead))
         if result is None:  # stopping: leave the entries pending for whoever comes next
             return
-        self._retry(stop, lambda: self._ack(ids, result))
+        self._retry(stop, lambda: self._ack(ids, result, committed))
         self.stats.entries += len(ids)
         self.stats.inserted += result.inserted
         self.stats.duplicates += result.duplicates
@@ -150,8 +155,11 @@ class IngestWorker:
             self._conn = None
             raise
 
-    def _ack(self, ids: list[bytes], result: WriteResult) -> None:
+    def _ack(self, ids: list[bytes], result: WriteResult, committed: list[bytes]) -> None:
+        """Hand the committed entries on to the geofence stream and acknowledge them, atomically."""
         pipe = self._redis.pipeline(transaction=True)
+        for raw in committed:
+            pipe.xadd(POSITIONS_STREAM, {FIELD: raw}, maxlen=POSITIONS_MAXLEN, approximate=True)
         pipe.xack(self._stream, self._group, *ids)
         pipe.xdel(self._stream, *ids)
         pipe.hincrby("fleet:counters", "stored", result.inserted)

@@ -205,11 +205,17 @@ def devices_delete(device_id: str, state_dir: StateDir = None) -> None:
 @app.command()
 def simulate(
     devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 200,
-    rate: Annotated[float, typer.Option(help="Messages per second per device.")] = 0.2,
+    rate: Annotated[float, typer.Option(help="Reports per second per device.")] = 0.2,
     format: Annotated[str, typer.Option("--format", help="json|nmea|owntracks|mixed")] = "json",
-    seed: int = 1,
-    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same fleet.")] = 1,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = 60.0,
     count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    city: Annotated[str | None, typer.Option(help="City box lon_min,lat_min,lon_max,lat_max.")] = None,
+    faults: Annotated[str, typer.Option(help="none | all=0.05 | malformed_json=0.01,duplicate=0.02,...")] = "none",
+    offline_share: float = 0.0,
+    slow_share: float = 0.0,
+    drop_share: float = 0.0,
+    ack_delay: Annotated[float, typer.Option(help="Seconds before a device acknowledges a command.")] = 0.2,
     prefix: str = "sim-",
     credentials: Annotated[
         Path | None, typer.Option(help="JSON file of device id → password; skips registration.")
@@ -218,9 +224,21 @@ def simulate(
 ) -> None:
     """Run a simulated fleet through the real broker (devices are registered first)."""
     from gateway.demo import simulate as run
+    from simulators.city import City
+    from simulators.config import SimConfig
+    from simulators.faults import FaultConfig
 
-    run(_settings(state_dir), devices=devices, rate=rate, fmt=format, seed=seed, duration=duration,
-        count=count, prefix=prefix, console=console, credentials_file=credentials)  # fmt: skip
+    try:
+        config = SimConfig(
+            devices=devices, rate=rate, fmt=format, seed=seed, duration_s=duration, count=count,
+            city=City.parse_box(city) if city else City(), faults=FaultConfig.parse(faults),
+            offline_share=offline_share, slow_share=slow_share, drop_share=drop_share,
+            ack_delay_s=ack_delay, id_prefix=prefix,
+        )  # fmt: skip
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    run(_settings(state_dir), config, console=console, credentials_file=credentials)
 
 
 @app.command()

@@ -13,22 +13,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from rich.console import Console
 
 from gateway.settings import MqttTarget, Settings
 
+if TYPE_CHECKING:
+    from gateway.config import Endpoints
+    from simulators.config import SimConfig
+    from simulators.fleet import SimSummary
+
 DEMO_RATE = 0.5  # messages per second per simulated device
 STOP_GRACE_S = 10.0
+DEMO_DURATION_S = 7 * 24 * 3600  # the simulator always has a bound; the demo's is a week
+DEMO_CREDENTIALS = "demo-devices.json"
 
 
 def _fleet_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway.cli", *args]
 
 
-def register_simulated(settings: Settings, devices: int, prefix: str) -> dict[str, str]:
-    """Register (or re-key) the simulated devices; returns device id → password."""
+def register_simulated(settings: Settings, ids: list[str]) -> dict[str, str]:
+    """Register (or re-key) simulated devices; returns device id → password."""
     from gateway.broker_admin import BrokerAdmin
     from gateway.config import local_stack, resolve
     from gateway.registry import DeviceRegistry, DeviceSpec
@@ -41,61 +49,41 @@ def register_simulated(settings: Settings, devices: int, prefix: str) -> dict[st
         endpoints.database_url, endpoints.redis_url, BrokerAdmin(endpoints.mqtt_admin_url), broker_bulk=bulk
     )
     try:
-        specs = [DeviceSpec(f"{prefix}{i:05d}", model="sim-ebike") for i in range(devices)]
+        specs = [DeviceSpec(device_id, model="sim-ebike") for device_id in ids]
         return {c.device_id: c.password for c in registry.register(specs)}
     finally:
         registry.close()
 
 
 def simulate(
-    settings: Settings,
-    *,
-    devices: int,
-    rate: float,
-    fmt: str,
-    seed: int,
-    duration: float | None,
-    count: int | None,
-    prefix: str,
-    console: Console,
-) -> None:
+    settings: Settings, config: SimConfig, *, console: Console, credentials_file: Path | None = None
+) -> SimSummary:
+    """Register the simulated devices (unless their credentials are given) and run the fleet."""
     from gateway.config import resolve
-    from simulators.fleet import SimConfig, run_fleet
-    from simulators.progress import ProgressLine
+    from simulators.config import device_ids
+    from simulators.fleet import run_fleet
+    from simulators.present import live_progress, summary_table
 
-    credentials = register_simulated(settings, devices, prefix)
+    if credentials_file is not None:
+        credentials = orjson.loads(credentials_file.read_bytes())
+    else:
+        credentials = register_simulated(settings, device_ids(config))
     target = MqttTarget.parse(resolve(settings).mqtt_url)
-    config = SimConfig(devices=devices, rate=rate, format=fmt, seed=seed, duration_s=duration, count=count,
-                       id_prefix=prefix)  # fmt: skip
-    with ProgressLine(console) as progress:
+    with live_progress(console) as show:
         summary = asyncio.run(
-            run_fleet(
-                config,
-                mqtt_host=target.host,
-                mqtt_port=target.port,
-                credentials=credentials,
-                on_progress=progress.update,
-            )
+            run_fleet(config, mqtt_host=target.host, mqtt_port=target.port, credentials=credentials, on_progress=show)
         )
-    console.print(summary.describe() if hasattr(summary, "describe") else summary)
+    console.print(summary_table(summary))
+    return summary
 
 
 def run_demo(settings: Settings, *, devices: int, console: Console) -> int:
     from gateway.config import local_stack, resolve
     from gateway.stack import ensure_installed
-    from ingest.migrate import migrate
 
     if not settings.external:
         ensure_installed(log=console.print)
     endpoints = resolve(settings, start=True)
-    migrate(endpoints.database_url)
-    console.print(f"registering {devices} simulated devices…")
-    creds_file = Path(settings.state_dir) / "demo-devices.json"
-    creds_file.write_bytes(orjson.dumps(register_simulated(settings, devices, "sim-")))
-    creds_file.chmod(0o600)
-    env = {**os.environ, **endpoints.env(), "FLEET_STATE_DIR": str(settings.state_dir)}
-    logs = Path(settings.state_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -106,20 +94,11 @@ def run_demo(settings: Settings, *, devices: int, console: Console) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        for name, args in (("gateway", ["gateway"]), ("ingest", ["ingest"]), ("api", ["api"])):
+        logs = _prepare(settings, endpoints, devices, console)
+        env = {**os.environ, **endpoints.env(), "FLEET_STATE_DIR": str(settings.state_dir)}
+        for name, args in _services(settings, devices):
             children[name] = _spawn(name, args, env, logs)
-        children["simulator"] = _spawn(
-            "simulator",
-            ["simulate", "--devices", str(devices), "--rate", str(DEMO_RATE), "--format", "mixed",
-             "--duration", str(7 * 24 * 3600), "--credentials", str(creds_file)],
-            env, logs,
-        )  # fmt: skip
-        url = f"http://{settings.api_host}:{settings.api_port}"
-        console.print(f"[bold green]Fleet is up[/]: {devices} simulated devices.")
-        console.print(f"  map API:  {url}/v1/vehicles   (GeoJSON)")
-        console.print(f"  health:   {url}/healthz")
-        console.print(f"  logs:     {logs}/")
-        console.print("Press Ctrl-C to stop.")
+        _announce(settings, devices, logs, console)
         while not stopping:
             for name, child in children.items():
                 if child.poll() is not None:
@@ -133,6 +112,38 @@ def run_demo(settings: Settings, *, devices: int, console: Console) -> int:
         if endpoints.local_stack:
             local_stack(settings).down()
         console.print("stopped.")
+
+
+def _prepare(settings: Settings, endpoints: Endpoints, devices: int, console: Console) -> Path:
+    """Schema, the simulated fleet's accounts (written once, in bulk), the log folder."""
+    from ingest.migrate import migrate
+    from simulators.config import SimConfig, device_ids
+
+    migrate(endpoints.database_url)
+    console.print(f"registering {devices} simulated devices…")
+    credentials = register_simulated(settings, device_ids(SimConfig(devices=devices)))
+    creds_file = Path(settings.state_dir) / DEMO_CREDENTIALS
+    creds_file.write_bytes(orjson.dumps(credentials))
+    creds_file.chmod(0o600)
+    logs = Path(settings.state_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs
+
+
+def _services(settings: Settings, devices: int) -> list[tuple[str, list[str]]]:
+    creds_file = str(Path(settings.state_dir) / DEMO_CREDENTIALS)
+    simulate = ["simulate", "--devices", str(devices), "--rate", str(DEMO_RATE), "--format", "mixed",
+                "--duration", str(DEMO_DURATION_S), "--credentials", creds_file]  # fmt: skip
+    return [("gateway", ["gateway"]), ("ingest", ["ingest"]), ("api", ["api"]), ("simulator", simulate)]
+
+
+def _announce(settings: Settings, devices: int, logs: Path, console: Console) -> None:
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    console.print(f"[bold green]Fleet is up[/]: {devices} simulated devices.")
+    console.print(f"  map API:  {url}/v1/vehicles   (GeoJSON)")
+    console.print(f"  health:   {url}/healthz")
+    console.print(f"  logs:     {logs}/")
+    console.print("Press Ctrl-C to stop.")
 
 
 def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:

@@ -23,7 +23,6 @@ def create_app(config: ApiConfig) -> FastAPI:
         app.state.registry = None
         if config.mqtt_admin_url:
             from gateway.broker_admin import BrokerAdmin
-
             from gateway.registry import DeviceRegistry
 
             app.state.registry = DeviceRegistry(

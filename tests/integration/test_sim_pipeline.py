@@ -26,7 +26,10 @@ OURS_DISTINCT = "SELECT count(DISTINCT (device_id, time)) FROM telemetry WHERE d
 
 def _dead_letters(database_url: str) -> Counter[str]:
     with psycopg.connect(database_url) as conn:
-        return Counter(dict(conn.execute("SELECT reason, count(*) FROM dead_letters WHERE device_id LIKE 'e2e-%' GROUP BY reason").fetchall()))
+        rows = conn.execute(
+            "SELECT reason, count(*) FROM dead_letters WHERE device_id LIKE 'e2e-%' GROUP BY reason"
+        ).fetchall()
+    return Counter(dict(rows))
 
 
 def test_every_fault_kind_is_stored_once_or_dead_lettered_with_its_reason(clean: Endpoints) -> None:
@@ -50,8 +53,6 @@ def test_every_fault_kind_is_stored_once_or_dead_lettered_with_its_reason(clean:
     assert summary.messages >= 300
     assert summary.duplicates > 0, "the run should have exercised duplicates"
     assert set(expected_dead) >= {"bad_json", "out_of_range", "id_mismatch", "future_time"}
-    assert (
-        scalar(clean.database_url, OURS_DISTINCT) == summary.stored_records
-    )
+    assert scalar(clean.database_url, OURS_DISTINCT) == summary.stored_records
     # A device publishing on another device's topic never reaches the gateway: the broker refuses it.
     assert scalar(clean.database_url, "SELECT count(*) FROM dead_letters WHERE reason = 'unknown_device'") == 0

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.integration
 
 # Only this run's devices: an earlier test's stragglers (a Last Will queued for the gateway's
 # persistent session) must not change the counts.
-OURS = "SELECT count(*) FROM telemetry WHERE device_id LIKE 'e2e-%'"
-OURS_DISTINCT = "SELECT count(DISTINCT (device_id, time)) FROM telemetry WHERE device_id LIKE 'e2e-%'"
+OURS = "SELECT count(*) FROM telemetry WHERE device_id LIKE 'e2e-%%'"
+OURS_DISTINCT = "SELECT count(DISTINCT (device_id, time)) FROM telemetry WHERE device_id LIKE 'e2e-%%'"
 
 
 def _dead_letters(database_url: str) -> Counter[str]:

@@ -35,7 +35,7 @@ def _dead_letters(database_url: str) -> Counter[str]:
 def test_every_fault_kind_is_stored_once_or_dead_lettered_with_its_reason(clean: Endpoints) -> None:
     config = SimConfig(
         devices=32, rate=2.0, fmt="mixed", seed=7, duration_s=12.0, count=None,
-        faults=FaultConfig.parse("all=0.04"), id_prefix="e2e-",
+        faults=FaultConfig.parse("all=0.3"), id_prefix="e2e-",
     )  # fmt: skip
     credentials = register(clean, device_ids(config))
     target = MqttTarget.parse(clean.mqtt_url)
@@ -50,9 +50,13 @@ def test_every_fault_kind_is_stored_once_or_dead_lettered_with_its_reason(clean:
             timeout=30,
             what=f"{summary.stored_records} rows and dead letters {dict(expected_dead)}",
         )
-    assert summary.messages >= 300
+    assert summary.messages >= 80
     assert summary.duplicates > 0, "the run should have exercised duplicates"
-    assert set(expected_dead) >= {"bad_json", "out_of_range", "id_mismatch", "future_time"}
+    assert set(expected_dead) == {
+        "bad_json", "bad_checksum", "out_of_range", "not_finite", "oversize", "id_mismatch", "future_time"
+    }  # fmt: skip
+    assert summary.acl_denied > 0
+    assert summary.faults.get("out_of_order", 0) > 0
     assert scalar(clean.database_url, OURS_DISTINCT) == summary.stored_records
     # A device publishing on another device's topic never reaches the gateway: the broker refuses it.
     assert scalar(clean.database_url, "SELECT count(*) FROM dead_letters WHERE reason = 'unknown_device'") == 0

@@ -15,6 +15,8 @@ stack_app = typer.Typer(help="Local Mosquitto, PostgreSQL + TimescaleDB and Redi
 devices_app = typer.Typer(help="Register and manage devices (database, broker credentials, gateway).")
 app.add_typer(stack_app, name="stack")
 app.add_typer(devices_app, name="devices")
+bench_app = typer.Typer(help="Benchmarks from bench/ (run from a checkout); extra options pass through.")
+app.add_typer(bench_app, name="bench")
 console = Console()
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="State folder (default .fleet/).")]
@@ -250,6 +252,34 @@ def demo(
     from gateway.demo import run_demo
 
     raise typer.Exit(run_demo(_settings(state_dir), devices=devices, console=console))
+
+
+# -- benchmarks -----------------------------------------------------------------------------------
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _run_bench(name: str, args: list[str]) -> None:
+    import runpy
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    if not script.exists():
+        console.print(f"[red]{script} not found: benchmarks run from a source checkout[/red]")
+        raise typer.Exit(1)
+    sys.argv = [str(script), *args]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+@bench_app.command("geofence", context_settings=_PASS_THROUGH)
+def bench_geofence(ctx: typer.Context) -> None:
+    """1M points against 1,000 zones: our grid index against shapely, in the same run."""
+    _run_bench("geofence", ctx.args)
+
+
+@bench_app.command("ingest", context_settings=_PASS_THROUGH)
+def bench_ingest(ctx: typer.Context) -> None:
+    """Records/s, loss, duplicates and latency through the real broker, against bare mosquitto_sub."""
+    _run_bench("ingest", ctx.args)
 
 
 if __name__ == "__main__":

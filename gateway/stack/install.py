@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gateway.stack.errors import StackError
 
-SERVER_PACKAGES = ("mosquitto", "postgresql-15", "postgresql-server-dev-15", "redis-server")
+SERVER_PACKAGES = ("mosquitto", "mosquitto-clients", "postgresql-15", "postgresql-server-dev-15", "redis-server")
 BUILD_PACKAGES = ("cmake", "gcc", "make", "dpkg-dev", "libssl-dev")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SOURCE_SUITE = "trixie"

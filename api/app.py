@@ -9,7 +9,7 @@ import redis
 from fastapi import FastAPI
 
 from api.deps import ApiConfig
-from api.routes import devices, health, vehicles
+from api.routes import devices, events, health, service_status, utilization, vehicles, zones
 from ingest.livestate import LiveState
 
 
@@ -39,4 +39,8 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(health.router)
     app.include_router(vehicles.router)
     app.include_router(devices.router)
+    app.include_router(service_status.router)
+    app.include_router(zones.router)
+    app.include_router(events.router)
+    app.include_router(utilization.router)
     return app

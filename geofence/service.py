@@ -1,0 +1,367 @@
+"""The geofence worker: committed positions → zone events, trips and the utilization rollup.
+
+It reads the stream `fleet:positions` (the ingest worker adds each committed stream entry to it) with
+its own consumer group, so it never slows ingest down and never sees a position that is not stored.
+Per read: decode the entries into one `PositionBatch`, load the batch's devices' zone state and trip
+cursors from Redis, run the pure core (`transitions`, then `continue_trips` for trips across
+batches), write events, trips and the touched utilization hours in one transaction, then save the
+state, publish the events and acknowledge the entries in one Redis transaction.
+
+At-least-once with idempotent writes, like ingest: a crash between the commit and the Redis step
+replays the entries from the old state, which recomputes the same events (skipped by their unique
+key) and the same trips (upserted). Events may be published twice on the channel in that case.
+
+One worker per stream: events are sequential per device, so two workers in the group would race on a
+device's state. Run it under a stable name (`FLEET_GEOFENCE_ID`) so a restart takes its own pending
+entries back at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import msgspec
+import orjson
+import psycopg
+import redis
+
+from gateway.ratelimit import RateLimitedLog
+from gateway.records import Telemetry
+from gateway.wire import FIELD, decode_entry
+from geofence import store
+from geofence.batch import PositionBatch
+from geofence.errors import GeofenceError, StateError
+from geofence.state import DeviceState
+from geofence.transitions import TransitionParams, ZoneEvent, transitions
+from geofence.tripcursor import TripCursor, continue_trips, positions, rollup_since
+from geofence.trips import Trip, TripParams
+from geofence.zoneset import ZoneSet
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+POSITIONS_STREAM = "fleet:positions"  # written by ingest.service after each commit
+GROUP = "geofence"
+STATE_KEY = "fleet:geofence:state"  # hash: device id → DeviceState.to_bytes()
+TRIPS_KEY = "fleet:geofence:trips"  # hash: device id → TripCursor.to_bytes()
+EVENTS_CHANNEL = "fleet:events"  # one JSON message per zone event
+COUNTERS = "fleet:counters"
+
+BLOCK_MS = 200
+CLAIM_IDLE_MS = 15_000
+CLAIM_CHECK_S = 5.0
+ZONE_POLL_S = 1.0  # how often the zone catalog version is compared (one tiny query)
+ROLLUP_TICK_S = 60.0  # the whole fleet's current hour is recomputed this often
+ROLLUP_CATCHUP_S = 7 * 86400.0  # on start, hours missed while no worker ran are filled back this far
+RETRY_S = 1.0
+
+
+@dataclass(slots=True)
+class GeofenceStats:
+    entries: int = 0
+    positions: int = 0
+    events: int = 0
+    trips: int = 0
+    skipped: int = 0  # positions or entries refused as bad data
+    zone_reloads: int = 0
+
+
+@dataclass(slots=True)
+class _Work:
+    """What one read produced, carried from the pure step to the two writes."""
+
+    events: list[ZoneEvent] = field(default_factory=list)
+    states: dict[str, DeviceState] = field(default_factory=dict)
+    trips: list[Trip] = field(default_factory=list)
+    cursors: dict[str, TripCursor] = field(default_factory=dict)
+    rollup_since: float | None = None
+    now: float = 0.0
+
+
+class GeofenceWorker:
+    def __init__(
+        self,
+        redis_url: str,
+        database_url: str,
+        *,
+        consumer: str | None = None,
+        batch_entries: int = 100,
+        claim_idle_ms: int = CLAIM_IDLE_MS,
+        hysteresis_m: float = 10.0,
+        transition_params: TransitionParams | None = None,
+        trip_params: TripParams | None = None,
+    ) -> None:
+        self._redis = redis.Redis.from_url(redis_url)
+        self._database_url = database_url
+        self._conn: psycopg.Connection | None = None
+        self._consumer = consumer or geofence_consumer_name()
+        self._count = batch_entries
+        self._claim_idle_ms = claim_idle_ms
+        self._tparams = transition_params or TransitionParams()
+        self._trip_params = trip_params or TripParams()
+        self._zones = ZoneSet(hysteresis_m=hysteresis_m)
+        self._zone_version = 0
+        self._zones_due = 0.0
+        self._rollup_due = 0.0
+        self._rollup_from: float | None = None
+        self._own_pending = True
+        self._claim_due = 0.0
+        self._warn = RateLimitedLog(log)
+        self.stats = GeofenceStats()
+
+    @property
+    def consumer(self) -> str:
+        return self._consumer
+
+    @property
+    def zones(self) -> ZoneSet:
+        return self._zones
+
+    def ensure_group(self) -> bool:
+        try:
+            self._redis.xgroup_create(POSITIONS_STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        self._retry(stop, self.ensure_group)
+        try:
+            while not stop.is_set():
+                if self._retry(stop, self._housekeeping) is None:
+                    break
+                entries = self._retry(stop, self._read)
+                if entries:
+                    self._process(entries, stop)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+            self._redis.close()
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _read(self) -> Entries:
+        if self._own_pending:  # entries an earlier run under this name read but never acknowledged
+            mine = self._redis.xreadgroup(GROUP, self._consumer, {POSITIONS_STREAM: "0"}, count=self._count)
+            if mine and mine[0][1]:
+                return mine[0][1]
+            self._own_pending = False
+        if time.monotonic() >= self._claim_due:
+            _next, claimed, *_ = self._redis.xautoclaim(
+                POSITIONS_STREAM, GROUP, self._consumer, self._claim_idle_ms, "0-0", count=self._count
+            )
+            if claimed:
+                return claimed
+            self._claim_due = time.monotonic() + CLAIM_CHECK_S
+        reply = self._redis.xreadgroup(
+            GROUP, self._consumer, {POSITIONS_STREAM: ">"}, count=self._count, block=BLOCK_MS
+        )
+        return reply[0][1] if reply else []
+
+    def _records(self, entries: Entries) -> list[Telemetry]:
+        records: list[Telemetry] = []
+        for entry_id, fields in entries:
+            if not fields:  # deleted while pending
+                continue
+            try:
+                records.extend(decode_entry(fields[FIELD]).records)
+            except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
+                self.stats.skipped += 1
+                self._warn.warning("corrupt", "geofence skipped corrupt entry %s: %s", entry_id, str(exc)[:200])
+        return records
+
+    # -- processing ---------------------------------------------------------------------------------
+    def _process(self, entries: Entries, stop: threading.Event) -> None:
+        batch, dropped = positions(self._records(entries))
+        if dropped:
+            self.stats.skipped += dropped
+            self._warn.warning("bad_position", "geofence skipped %d positions outside lon/lat range", dropped)
+        work = _Work(now=time.time())
+        if len(batch):
+            loaded = self._retry(stop, lambda: self._load(batch.device_ids))
+            if loaded is None:
+                return
+            work = self._compute(batch, *loaded)
+            if self._retry(stop, lambda: self._write(work)) is None:
+                return  # stopping: the entries stay pending and are replayed
+        if self._retry(stop, lambda: self._commit(work, [eid for eid, _ in entries])) is None:
+            return
+        self.stats.entries += len(entries)
+        self.stats.positions += len(batch)
+        self.stats.events += len(work.events)
+        self.stats.trips += len(work.trips)
+
+    def _load(self, device_ids: Sequence[str]) -> tuple[dict[str, DeviceState], dict[str, TripCursor]]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(STATE_KEY, list(device_ids))
+        pipe.hmget(TRIPS_KEY, list(device_ids))
+        raw_states, raw_cursors = pipe.execute()
+        return (
+            self._decode_each(device_ids, raw_states, DeviceState.from_bytes),
+            self._decode_each(device_ids, raw_cursors, TripCursor.from_bytes),
+        )
+
+    def _decode_each(self, ids: Sequence[str], raw: list[bytes | None], decode: Callable[[bytes], T]) -> dict[str, T]:
+        """Corrupt stored state is dropped: the device starts afresh (at worst one `first_fix` enter)."""
+        out: dict[str, T] = {}
+        for device_id, data in zip(ids, raw, strict=True):
+            if data is None:
+                continue
+            try:
+                out[device_id] = decode(data)
+            except StateError as exc:
+                self._warn.warning("state", "geofence dropped stored state of %s: %s", device_id, exc)
+        return out
+
+    def _compute(self, batch: PositionBatch, prev: dict[str, DeviceState], cursors: dict[str, TripCursor]) -> _Work:
+        now = time.time()
+        try:
+            events, states = transitions(prev, batch, self._zones, now, self._tparams)
+            latest = now + self._tparams.max_future_s
+            trips, new_cursors = continue_trips(cursors, batch, latest, self._trip_params)
+        except GeofenceError as exc:  # refused input: skip the batch, never stop the loop
+            self.stats.skipped += len(batch)
+            self._warn.warning("batch", "geofence skipped a batch of %d positions: %s", len(batch), exc)
+            return _Work(now=now)
+        return _Work(events, states, trips, new_cursors, rollup_since(trips, cursors, self._trip_params), now)
+
+    def _write(self, work: _Work) -> int:
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                inserted = store.insert_events(conn, work.events)
+                store.upsert_trips(conn, work.trips)
+                if work.rollup_since is not None:
+                    devices = sorted({t.device_id for t in work.trips})
+                    store.refresh_utilization(conn, work.rollup_since, work.now, devices)
+        except psycopg.OperationalError:
+            conn.close()
+            raise
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:  # data the tables refuse: never stop the loop
+            self.stats.skipped += len(work.events) + len(work.trips)
+            self._warn.warning("db_refused", "geofence could not store a batch's events and trips: %s", exc)
+            return 0
+        return inserted
+
+    def _commit(self, work: _Work, ids: list[bytes]) -> bool:
+        """State, live events and acknowledgement in one Redis transaction: all or nothing."""
+        pipe = self._redis.pipeline(transaction=True)
+        if work.states:
+            pipe.hset(STATE_KEY, mapping={d: s.to_bytes() for d, s in work.states.items()})
+        if work.cursors:
+            pipe.hset(TRIPS_KEY, mapping={d: c.to_bytes() for d, c in work.cursors.items()})
+        for event in work.events:
+            pipe.publish(EVENTS_CHANNEL, event_message(event))
+        pipe.xack(POSITIONS_STREAM, GROUP, *ids)
+        pipe.xdel(POSITIONS_STREAM, *ids)
+        if work.events:
+            pipe.hincrby(COUNTERS, "zone_events", len(work.events))
+        pipe.execute()
+        return True
+
+    # -- zones and the rollup timer -----------------------------------------------------------------
+    def _housekeeping(self) -> bool:
+        mono = time.monotonic()
+        if mono >= self._zones_due:
+            self._refresh_zones()
+            self._zones_due = mono + ZONE_POLL_S
+        if mono >= self._rollup_due:
+            self._rollup_tick()
+            self._rollup_due = mono + ROLLUP_TICK_S
+        return True
+
+    def _refresh_zones(self) -> None:
+        """Apply zones changed since the version we hold; only those are rasterised again."""
+        conn = self._connection()
+        version = store.zone_version(conn)
+        if version == self._zone_version:
+            return
+        zones = self._zones
+        if version < self._zone_version:  # a different (restored or re-created) database: start over
+            zones, self._zone_version = ZoneSet(hysteresis_m=zones.hysteresis_m), 0
+        changes = store.zone_changes(conn, self._zone_version)
+        for zone_id, reason in changes.refused:
+            self._warn.warning(f"zone:{zone_id}", "geofence ignores stored zone %s: %s", zone_id, reason)
+        gone = [z for z in changes.removed if z in zones]
+        if gone:
+            zones = zones.without_zones(gone)
+        if changes.changed:
+            zones = zones.with_zones(changes.changed)
+        self._zones, self._zone_version = zones, changes.version
+        self.stats.zone_reloads += 1
+        log.info("geofence zones at version %d: %d zones", changes.version, len(zones))
+
+    def _rollup_tick(self) -> None:
+        """Recompute the hours since the last tick for the whole fleet, so parked and silent vehicles
+        accumulate idle time too; close trips whose vehicle has been silent past the trip gap."""
+        now = time.time()
+        conn = self._connection()
+        if self._rollup_from is None:
+            last = store.latest_rollup_hour(conn)
+            self._rollup_from = now if last is None else max(last, now - ROLLUP_CATCHUP_S)
+        with conn.transaction():
+            store.refresh_utilization(conn, self._rollup_from, now)
+            store.close_stale_trips(conn, now - self._trip_params.max_gap_s)
+        self._rollup_from = now
+
+    # -- connections --------------------------------------------------------------------------------
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self._database_url, autocommit=True, connect_timeout=5, application_name=f"fleet {self._consumer}"[:63]
+            )
+        return self._conn
+
+    def _retry(self, stop: threading.Event, action: Callable[[], T]) -> T | None:
+        """Run `action` until it succeeds; a server away only delays the batch, never drops it."""
+        while True:
+            try:
+                return action()
+            except (redis.RedisError, psycopg.OperationalError, OSError) as exc:
+                self._warn.warning(type(exc).__name__, "geofence retrying after: %s", exc)
+                if isinstance(exc, psycopg.OperationalError) and self._conn is not None:
+                    self._conn.close()
+                if stop.wait(RETRY_S):
+                    return None
+
+
+def event_message(event: ZoneEvent) -> bytes:
+    """The live-update message for one event (JSON, times in ISO 8601 UTC)."""
+    violation = event.detail.get("violation")
+    return orjson.dumps(
+        {
+            "type": "zone_event",
+            "device_id": event.device_id,
+            "zone_id": event.zone_id,
+            "kind": event.kind.value,
+            "violation": None if violation is None else str(violation),
+            "time": store.iso(event.time),
+            "lon": event.lon,
+            "lat": event.lat,
+            "detail": dict(event.detail),
+        },
+        option=orjson.OPT_NON_STR_KEYS,
+    )
+
+
+def geofence_consumer_name(instance: str | None = None) -> str:
+    """`geofence-<instance>`; the instance defaults to `FLEET_GEOFENCE_ID`, then host name and pid."""
+    return f"geofence-{instance or os.environ.get('FLEET_GEOFENCE_ID') or f'{socket.gethostname()}-{os.getpid()}'}"
+
+
+def run_geofence(redis_url: str, database_url: str, instance: str | None = None, batch_entries: int = 100) -> None:
+    """Entry point for `fleet geofence`: runs until SIGINT/SIGTERM."""
+    from gateway.process import stop_on_signals
+
+    stop = stop_on_signals()
+    consumer = geofence_consumer_name(instance)
+    GeofenceWorker(redis_url, database_url, consumer=consumer, batch_entries=batch_entries).run(stop)

@@ -144,6 +144,20 @@ def api(state_dir: StateDir = None, host: str | None = None, port: int | None = 
     uvicorn.run(create_app(config), host=host or settings.api_host, port=port or settings.api_port, log_level="info")
 
 
+@app.command()
+def geofence(
+    state_dir: StateDir = None, instance: Annotated[str | None, typer.Option(help="Stable worker id.")] = None
+) -> None:
+    """Run the geofence worker (zone events, trips, utilization rollups) on committed positions."""
+    from gateway.config import resolve
+    from gateway.process import setup_logging
+    from geofence.service import run_geofence
+
+    setup_logging()
+    endpoints = resolve(_settings(state_dir))
+    run_geofence(endpoints.redis_url, endpoints.database_url, instance=instance)
+
+
 # -- devices --------------------------------------------------------------------------------------
 def _registry(state_dir: Path | None):  # type: ignore[no-untyped-def]
     from gateway.broker_admin import BrokerAdmin
@@ -186,6 +200,24 @@ def _device_action(action: str, device_id: str, state_dir: Path | None) -> None:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     console.print(f"{device_id}: {action}d")
+
+
+@devices_app.command("service")
+def devices_service(
+    device_id: str,
+    status: Annotated[str, typer.Argument(help="in_service | maintenance | inactive")],
+    state_dir: StateDir = None,
+) -> None:
+    """Set a device's service status (maintenance vehicles leave the utilization denominator)."""
+    from gateway.config import resolve
+    from geofence.store import UnknownDevice, set_device_service
+
+    try:
+        since = set_device_service(resolve(_settings(state_dir)).database_url, device_id, status)
+    except (UnknownDevice, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{device_id}: {status} since {since.isoformat()}")
 
 
 @devices_app.command("disable")

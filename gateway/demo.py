@@ -120,6 +120,8 @@ def _prepare(settings: Settings, endpoints: Endpoints, devices: int, console: Co
     from simulators.config import SimConfig, device_ids
 
     migrate(endpoints.database_url)
+    added = demo_zones(endpoints.database_url)
+    console.print(f"demo zones: {added} added")
     console.print(f"registering {devices} simulated devices…")
     credentials = register_simulated(settings, device_ids(SimConfig(devices=devices)))
     creds_file = Path(settings.state_dir) / DEMO_CREDENTIALS
@@ -130,17 +132,64 @@ def _prepare(settings: Settings, endpoints: Endpoints, devices: int, console: Co
     return logs
 
 
+def demo_zones(database_url: str) -> int:
+    """A service area over the simulated city and a few zones inside it, so events flow at once.
+    Zones already there (a second run, or the operator's own edits) are left alone."""
+    from geofence.store import ZoneExists, connect, insert_zone
+    from geofence.zones import parse_zone
+    from simulators.city import City
+
+    city = City()
+    lon_c, lat_c = (city.lon_min + city.lon_max) / 2, (city.lat_min + city.lat_max) / 2
+
+    def box(lon0: float, lat0: float, lon1: float, lat1: float) -> dict[str, object]:
+        ring = [[lon0, lat0], [lon1, lat0], [lon1, lat1], [lon0, lat1], [lon0, lat0]]
+        return {"type": "Polygon", "coordinates": [ring]}
+
+    zones = [
+        parse_zone(box(city.lon_min, city.lat_min, city.lon_max, city.lat_max), id="demo-service-area",
+                   kind="service_area", name="Service area"),
+        parse_zone(box(lon_c - 0.01, lat_c - 0.006, lon_c + 0.01, lat_c + 0.006), id="demo-slow-centre",
+                   kind="slow", speed_limit_kmh=15.0, name="Centre: 15 km/h"),
+        parse_zone(box(lon_c + 0.03, lat_c - 0.01, lon_c + 0.045, lat_c), id="demo-no-parking",
+                   kind="no_parking", name="Station forecourt"),
+        parse_zone(box(lon_c - 0.05, lat_c + 0.02, lon_c - 0.035, lat_c + 0.03), id="demo-no-ride",
+                   kind="no_ride", name="Park"),
+    ]  # fmt: skip
+    added = 0
+    with connect(database_url, "fleet demo") as conn:
+        for zone in zones:
+            try:
+                insert_zone(conn, zone)
+                added += 1
+            except ZoneExists:
+                pass
+    return added
+
+
 def _services(settings: Settings, devices: int) -> list[tuple[str, list[str]]]:
     creds_file = str(Path(settings.state_dir) / DEMO_CREDENTIALS)
     simulate = ["simulate", "--devices", str(devices), "--rate", str(DEMO_RATE), "--format", "mixed",
                 "--duration", str(DEMO_DURATION_S), "--credentials", creds_file]  # fmt: skip
-    return [("gateway", ["gateway"]), ("ingest", ["ingest"]), ("api", ["api"]), ("simulator", simulate)]
+    return [
+        (
+            "gateway",
+            [
+                "gateway",
+            ],
+        ),
+        ("ingest", ["ingest"]),
+        ("geofence", ["geofence", "--instance", "demo"]),
+        ("api", ["api"]),
+        ("simulator", simulate),
+    ]
 
 
 def _announce(settings: Settings, devices: int, logs: Path, console: Console) -> None:
     url = f"http://{settings.api_host}:{settings.api_port}"
     console.print(f"[bold green]Fleet is up[/]: {devices} simulated devices.")
     console.print(f"  map API:  {url}/v1/vehicles   (GeoJSON)")
+    console.print(f"  zones:    {url}/v1/zones   events: {url}/v1/events   utilization: {url}/v1/utilization")
     console.print(f"  health:   {url}/healthz")
     console.print(f"  logs:     {logs}/")
     console.print("Press Ctrl-C to stop.")

@@ -1,10 +1,12 @@
 """The ingest worker: Redis stream → live state + TimescaleDB, acknowledging after the commit.
 
 Workers share the stream through one consumer group. An entry is acknowledged (and deleted) only
-after its rows are committed, so a worker killed mid-batch leaves its entries pending; the next
-worker to start claims them after `CLAIM_IDLE_MS`. While the database is down the worker keeps
-retrying the same batch and reads nothing new: the stream itself is the buffer, and Redis keeps it
-on disk (append-only file).
+after its rows are committed, so a worker killed mid-batch leaves its entries pending: a worker
+restarted under the same name (`instance`) takes its own pending entries back at once, and every
+worker claims entries another consumer has left idle for `claim_idle_ms` (checked every
+`CLAIM_CHECK_S` at most), so a worker that never comes back delays its entries but loses none. While the
+database is down the worker keeps retrying the same batch and reads nothing new: the stream itself
+is the buffer, and Redis keeps it on disk (append-only file).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,21 +24,25 @@ from typing import TypeVar
 import msgspec
 import psycopg
 import redis
+from psycopg import errors
 
 from gateway.ratelimit import RateLimitedLog
-from gateway.records import DeadLetter
+from gateway.records import DeadLetter, Telemetry
 from gateway.wire import FIELD, decode_entry
 from ingest.livestate import LiveState, latest_patches
-from ingest.store import DeadRow, WriteResult, telemetry_row, write_batch
+from ingest.store import DeadRow, WritePlan, WriteResult, telemetry_row, write_batch
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 BLOCK_MS = 200
 POSITIONS_STREAM = "fleet:positions"  # committed batches, for the geofence/trip worker
 POSITIONS_MAXLEN = 200_000  # entries kept if no geofence worker reads them (about 10^7 records)
-CLAIM_IDLE_MS = 15_000
+CLAIM_IDLE_MS = 15_000  # an entry pending this long at another consumer is taken over
+CLAIM_CHECK_S = 5.0
+MAX_ROWS = 50_000  # rows per transaction; a read of many large entries is split
 DB_RETRY_S = 1.0
 
 
@@ -45,6 +52,19 @@ class IngestStats:
     inserted: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    claimed: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The decoded content of some stream entries, ready for one transaction."""
+
+    ids: list[bytes]
+    rows: list[tuple[object, ...]]
+    dead: list[DeadRow]
+    records: list[Telemetry]
+    received: list[datetime]
+    committed: list[bytes]  # raw entries with records, handed on to the positions stream
 
 
 class IngestWorker:
@@ -57,18 +77,26 @@ class IngestWorker:
         group: str,
         batch_entries: int = 200,
         consumer: str | None = None,
+        claim_idle_ms: int = CLAIM_IDLE_MS,
     ) -> None:
         self._redis = redis.Redis.from_url(redis_url)
         self._database_url = database_url
         self._conn: psycopg.Connection | None = None
+        self._plan = WritePlan()
         self._stream = stream_key
         self._group = group
         self._count = batch_entries
-        self._consumer = consumer or f"ingest-{socket.gethostname()}-{os.getpid()}"
+        self._consumer = consumer or ingest_consumer_name()
+        self._claim_idle_ms = claim_idle_ms
+        self._own_pending = True  # first read: our own entries left pending by an earlier run
+        self._claim_due = 0.0
         self._live = LiveState(self._redis)
         self._warn = RateLimitedLog(log)
-        self._recovered = False
         self.stats = IngestStats()
+
+    @property
+    def consumer(self) -> str:
+        return self._consumer
 
     def ensure_group(self) -> None:
         try:
@@ -82,43 +110,65 @@ class IngestWorker:
         try:
             while not stop.is_set():
                 entries = self._retry(stop, self._read)
-                if entries:
-                    self._process(entries, stop)
+                while entries and not stop.is_set():
+                    chunk, entries = _split(entries, MAX_ROWS)
+                    self._process(chunk, stop)
         finally:
             if self._conn is not None:
                 self._conn.close()
             self._redis.close()
+            s = self.stats
+            log.info(
+                "ingest %s stopped: %d entries, %d rows inserted, %d duplicates folded, %d entries claimed",
+                *(self._consumer, s.entries, s.inserted, s.duplicates, s.claimed),
+            )
 
     # -- reading ------------------------------------------------------------------------------------
-    def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        if not self._recovered:
-            # Our own pending entries first (we died before acknowledging), then other dead workers'.
+    def _read(self) -> Entries:
+        if self._own_pending:
             mine = self._redis.xreadgroup(self._group, self._consumer, {self._stream: "0"}, count=self._count)
             pending = mine[0][1] if mine else []
             if pending:
                 return pending
-            claimed = self._redis.xautoclaim(
-                self._stream, self._group, self._consumer, CLAIM_IDLE_MS, "0-0", count=self._count
-            )
-            self._recovered = True
-            if claimed[1]:
-                self._recovered = False  # there may be more to claim
-                return claimed[1]
+            self._own_pending = False
+        if time.monotonic() >= self._claim_due:
+            claimed = self._claim()
+            if claimed:
+                return claimed
         reply = self._redis.xreadgroup(
             self._group, self._consumer, {self._stream: ">"}, count=self._count, block=BLOCK_MS
         )
         return reply[0][1] if reply else []
 
+    def _claim(self) -> Entries:
+        """Entries another consumer has held for too long (it died): ours now."""
+        _next, claimed, *_ = self._redis.xautoclaim(
+            self._stream, self._group, self._consumer, self._claim_idle_ms, "0-0", count=self._count
+        )
+        if claimed:
+            self.stats.claimed += len(claimed)
+            log.info("%s took over %d entries idle for %d ms", self._consumer, len(claimed), self._claim_idle_ms)
+        else:
+            self._claim_due = time.monotonic() + min(CLAIM_CHECK_S, self._claim_idle_ms / 3000)
+        return claimed
+
     # -- processing ---------------------------------------------------------------------------------
-    def _process(self, entries: list[tuple[bytes, dict[bytes, bytes]]], stop: threading.Event) -> None:
-        rows: list[tuple[object, ...]] = []
-        dead: list[DeadRow] = []
-        patches_records = []
-        patches_received = []
-        ids = []
-        committed: list[bytes] = []
+    def _process(self, entries: Entries, stop: threading.Event) -> None:
+        batch = self._decode(entries)
+        self._retry(stop, lambda: self._live.apply(latest_patches(batch.records, batch.received)))
+        result = self._retry(stop, lambda: self._write(batch.rows, batch.dead))
+        if result is None:  # stopping: leave the entries pending for whoever comes next
+            return
+        self._retry(stop, lambda: self._ack(batch, result))
+        self.stats.entries += len(batch.ids)
+        self.stats.inserted += result.inserted
+        self.stats.duplicates += result.duplicates
+        self.stats.dead_letters += result.dead_letters
+
+    def _decode(self, entries: Entries) -> _Batch:
+        batch = _Batch([], [], [], [], [], [])
         for entry_id, fields in entries:
-            ids.append(entry_id)
+            batch.ids.append(entry_id)
             if not fields:  # deleted while pending: nothing to store
                 continue
             sid = entry_id.decode()
@@ -127,41 +177,38 @@ class IngestWorker:
             except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
                 letter = DeadLetter(self._stream, fields.get(FIELD, b""), "corrupt_entry", datetime.now(UTC),
                                     detail=str(exc)[:200])  # fmt: skip
-                dead.append(DeadRow(sid, 0, letter))
+                batch.dead.append(DeadRow(sid, 0, letter))
                 continue
             if entry.records:
-                committed.append(fields[FIELD])
-            rows.extend(map(telemetry_row, entry.records, entry.received_at))
-            patches_records.extend(entry.records)
-            patches_received.extend(entry.received_at)
-            dead.extend(DeadRow(sid, i, letter) for i, letter in enumerate(entry.dead, start=1))
-        self._retry(stop, lambda: self._live.apply(latest_patches(patches_records, patches_received)))
-        result = self._retry(stop, lambda: self._write(rows, dead))
-        if result is None:  # stopping: leave the entries pending for whoever comes next
-            return
-        self._retry(stop, lambda: self._ack(ids, result, committed))
-        self.stats.entries += len(ids)
-        self.stats.inserted += result.inserted
-        self.stats.duplicates += result.duplicates
-        self.stats.dead_letters += result.dead_letters
+                batch.committed.append(fields[FIELD])
+            batch.rows.extend(map(telemetry_row, entry.records, entry.received_at))
+            batch.records.extend(entry.records)
+            batch.received.extend(entry.received_at)
+            batch.dead.extend(DeadRow(sid, i, letter) for i, letter in enumerate(entry.dead, start=1))
+        return batch
 
     def _write(self, rows: list[tuple[object, ...]], dead: list[DeadRow]) -> WriteResult:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._database_url, connect_timeout=5)
+            self._conn = psycopg.connect(
+                self._database_url, connect_timeout=5, application_name=f"fleet {self._consumer}"[:63]
+            )
+            self._plan = WritePlan()
         try:
-            return write_batch(self._conn, rows, dead)
+            return write_batch(self._conn, rows, dead, self._plan)
+        except errors.TransactionRollback:
+            raise  # deadlock or serialization failure with another worker: rolled back, retry as is
         except psycopg.OperationalError:
             self._conn.close()
             self._conn = None
             raise
 
-    def _ack(self, ids: list[bytes], result: WriteResult, committed: list[bytes]) -> None:
+    def _ack(self, batch: _Batch, result: WriteResult) -> None:
         """Hand the committed entries on to the geofence stream and acknowledge them, atomically."""
         pipe = self._redis.pipeline(transaction=True)
-        for raw in committed:
+        for raw in batch.committed:
             pipe.xadd(POSITIONS_STREAM, {FIELD: raw}, maxlen=POSITIONS_MAXLEN, approximate=True)
-        pipe.xack(self._stream, self._group, *ids)
-        pipe.xdel(self._stream, *ids)
+        pipe.xack(self._stream, self._group, *batch.ids)
+        pipe.xdel(self._stream, *batch.ids)
         pipe.hincrby("fleet:counters", "stored", result.inserted)
         pipe.hincrby("fleet:counters", "duplicates", result.duplicates)
         pipe.execute()
@@ -173,12 +220,42 @@ class IngestWorker:
                 return action()
             except (redis.RedisError, psycopg.OperationalError, OSError) as exc:
                 self._warn.warning(type(exc).__name__, "ingest retrying after: %s", exc)
-                if stop.wait(DB_RETRY_S):
+                if stop.wait(0.05 if isinstance(exc, errors.TransactionRollback) else DB_RETRY_S):
                     return None
 
 
-def run_ingest(redis_url: str, database_url: str, stream_key: str, group: str, batch_entries: int) -> None:
+def _split(entries: Entries, max_rows: int) -> tuple[Entries, Entries]:
+    """A prefix of whole entries of at most about `max_rows` records (at least one entry), and the rest.
+
+    Sizes are estimated from the encoded length (about 250 bytes a record), so nothing is decoded twice.
+    """
+    budget = max_rows * 250
+    for i, (_id, fields) in enumerate(entries):
+        budget -= len(fields.get(FIELD, b"")) if fields else 0
+        if budget < 0 and i > 0:
+            return entries[:i], entries[i:]
+    return entries, []
+
+
+def ingest_consumer_name(instance: str | None = None) -> str:
+    """`ingest-<instance>`; the instance defaults to `FLEET_INGEST_ID`, then host name and pid.
+
+    A stable name lets a restarted worker take back its own pending entries immediately; without
+    one, another worker claims them after `CLAIM_IDLE_MS`.
+    """
+    return f"ingest-{instance or os.environ.get('FLEET_INGEST_ID') or f'{socket.gethostname()}-{os.getpid()}'}"
+
+
+def run_ingest(
+    redis_url: str, database_url: str, stream_key: str, group: str, batch_entries: int, instance: str | None = None
+) -> None:
     from gateway.process import stop_on_signals
+    from gateway.service import quiet_collector
 
     stop = stop_on_signals()
-    IngestWorker(redis_url, database_url, stream_key=stream_key, group=group, batch_entries=batch_entries).run(stop)
+    quiet_collector()
+    worker = IngestWorker(
+        redis_url, database_url, stream_key=stream_key, group=group, batch_entries=batch_entries,
+        consumer=ingest_consumer_name(instance),
+    )  # fmt: skip
+    worker.run(stop)

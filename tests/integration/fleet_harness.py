@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
@@ -15,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.broker_admin import BrokerAdmin
 from gateway.config import Endpoints
 from gateway.registry import DeviceRegistry, DeviceSpec
-from gateway.service import Gateway
+from gateway.service import Gateway, gateway_client_id
 from gateway.settings import MqttTarget
 from ingest.service import IngestWorker
 
@@ -102,3 +109,118 @@ def scalar(database_url: str, sql: str, *params: object) -> object:
     with psycopg.connect(database_url) as conn:
         row = conn.execute(sql, params).fetchone()
     return row[0] if row else None
+
+
+# -- services as separate processes, devices that keep publishing (reliability tests) ----------------
+def spawn_service(role: str, endpoints: Endpoints, instance: str, log_dir: Path) -> subprocess.Popen[bytes]:
+    """`fleet gateway` or `fleet ingest` as its own process, so a test can kill -9 it."""
+    variable = {"gateway": "FLEET_GATEWAY_ID", "ingest": "FLEET_INGEST_ID"}[role]
+    env = {**os.environ, **endpoints.env(), variable: instance}
+    with (log_dir / f"{role}-{instance}.log").open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", role], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def wait_gateway_connected(log_dir: Path, instance: str, times: int = 1, timeout: float = 15.0) -> None:
+    path = log_dir / f"gateway-{instance}.log"
+    wait_for(lambda: path.exists() and path.read_text().count("connected (session") >= times, timeout,
+             f"gateway {instance} connected")  # fmt: skip
+
+
+def stop_service(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{proc.args} did not stop on SIGTERM") from None
+
+
+def retire_gateways(endpoints: Endpoints, instances: Sequence[str]) -> None:
+    """Remove gateway sessions from the broker: a persistent session left behind would keep taking a
+    share of the shared subscription's messages away from later tests."""
+    for instance in instances:
+        gateway = Gateway(MqttTarget.parse(endpoints.mqtt_url), endpoints.redis_url, stream_key=STREAM,
+                          max_payload=16384, future_tolerance_s=300, client_id=gateway_client_id(instance))  # fmt: skip
+        assert gateway.retire(threading.Event(), quiet_s=0.3), f"could not retire gateway {instance}"
+
+
+@dataclass
+class DeviceFeed:
+    """Devices publishing numbered reports at QoS 1 from a thread; `accepted` counts the broker's PUBACKs.
+
+    Each report has its own device time (a hour ago plus 10 ms per report), so every accepted report
+    must end up as exactly one row. paho reconnects by itself and sends again what was not
+    acknowledged, as a device's firmware would.
+    """
+
+    endpoints: Endpoints
+    credentials: dict[str, str]
+    rate: float  # messages per second per device
+    base: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1))
+    published: int = 0
+    accepted: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _clients: list[tuple[str, mqtt.Client]] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> DeviceFeed:
+        target = MqttTarget.parse(self.endpoints.mqtt_url)
+        for device_id, password in self.credentials.items():
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+            client.username_pw_set(device_id, password)
+            client.max_inflight_messages_set(100)
+            client.reconnect_delay_set(min_delay=1, max_delay=4)  # paho's default first delay, as firmware
+            client.on_publish = self._on_publish
+            connected = threading.Event()
+            client.on_connect = lambda *_a, ev=connected: ev.set()
+            client.connect(target.host, target.port)
+            client.loop_start()
+            assert connected.wait(10), f"device {device_id} could not connect"
+            self._clients.append((device_id, client))
+        self._thread = threading.Thread(target=self._run, name="device-feed")
+        self._thread.start()
+        return self
+
+    def _on_publish(self, *_args: object) -> None:
+        with self._lock:
+            self.accepted += 1
+
+    def _run(self) -> None:
+        k = 0
+        start = time.monotonic()
+        while not self._stop.is_set():
+            for device_id, client in self._clients:
+                when = self.base + timedelta(milliseconds=10 * k)
+                body = {"v": 1, "ts": when.isoformat(), "lat": 52.5 + k * 1e-6, "lon": 13.4, "speed_kmh": 12.0}
+                client.publish(f"fleet/{device_id}/telemetry", orjson.dumps(body), qos=1)
+                self.published += 1
+            k += 1
+            self._stop.wait(max(0.0, start + k / self.rate - time.monotonic()))
+
+    def stop(self, settle_s: float = 30.0) -> None:
+        """Stop publishing and wait until the broker has acknowledged everything published."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            wait_for(lambda: self.accepted >= self.published, settle_s, "every report acknowledged by the broker")
+        finally:
+            for _device_id, client in self._clients:
+                client.disconnect()
+                client.loop_stop()
+
+
+def stored_counts(database_url: str, prefix: str) -> tuple[int, int]:
+    """(rows, distinct (device, time)) for the devices whose id starts with `prefix`."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT (device_id, time)) FROM telemetry WHERE device_id LIKE %s",
+            (prefix + "%",),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])

@@ -92,8 +92,16 @@ def migrate(state_dir: StateDir = None) -> None:
 
 
 @app.command()
-def gateway(state_dir: StateDir = None) -> None:
-    """Run a gateway process (MQTT → Redis stream). Several may run side by side."""
+def gateway(
+    state_dir: StateDir = None,
+    instance: Annotated[
+        str | None, typer.Option(help="Stable id of this gateway (its broker session); default: host name.")
+    ] = None,
+    retire: Annotated[
+        bool, typer.Option(help="Drain and delete this instance's broker session for good, then exit.")
+    ] = False,
+) -> None:
+    """Run a gateway process (MQTT → Redis stream). Several may run side by side with distinct ids."""
     from gateway.config import resolve
     from gateway.process import setup_logging
     from gateway.service import run_gateway
@@ -101,17 +109,23 @@ def gateway(state_dir: StateDir = None) -> None:
     setup_logging()
     settings = _settings(state_dir)
     endpoints = resolve(settings)
-    run_gateway(
+    code = run_gateway(
         endpoints.mqtt_url,
         endpoints.redis_url,
         settings.stream_key,
         settings.max_payload_bytes,
         settings.future_tolerance_s,
+        instance,
+        retire=retire,
     )
+    raise typer.Exit(code)
 
 
 @app.command()
-def ingest(state_dir: StateDir = None) -> None:
+def ingest(
+    state_dir: StateDir = None,
+    instance: Annotated[str | None, typer.Option(help="Stable id of this worker (its consumer name).")] = None,
+) -> None:
     """Run an ingest worker (Redis stream → TimescaleDB + live state). Several may run side by side."""
     from gateway.config import resolve
     from gateway.process import setup_logging
@@ -126,22 +140,8 @@ def ingest(state_dir: StateDir = None) -> None:
         settings.stream_key,
         settings.ingest_group,
         settings.ingest_batch_entries,
+        instance,
     )
-
-
-@app.command()
-def api(state_dir: StateDir = None, host: str | None = None, port: int | None = None) -> None:
-    """Serve the operator API."""
-    import uvicorn
-
-    from api.app import create_app
-    from api.deps import ApiConfig
-    from gateway.config import resolve
-
-    settings = _settings(state_dir)
-    endpoints = resolve(settings)
-    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url)
-    uvicorn.run(create_app(config), host=host or settings.api_host, port=port or settings.api_port, log_level="info")
 
 
 @app.command()
@@ -291,15 +291,15 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _run_bench(name: str, args: list[str]) -> None:
-    import runpy
+    """A child process: the scripts' names are those of the packages they measure."""
+    import subprocess
     import sys
 
     script = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
     if not script.exists():
         console.print(f"[red]{script} not found: benchmarks run from a source checkout[/red]")
         raise typer.Exit(1)
-    sys.argv = [str(script), *args]
-    runpy.run_path(str(script), run_name="__main__")
+    raise typer.Exit(subprocess.call([sys.executable, str(script), *args]))
 
 
 @bench_app.command("geofence", context_settings=_PASS_THROUGH)

@@ -6,9 +6,11 @@ stage handed on, and so the pure core never depends on a transport library's mes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+
+import msgspec
 
 
 class Source(StrEnum):
@@ -28,9 +30,11 @@ class RawMessage:
     received_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Telemetry:
+class Telemetry(msgspec.Struct, frozen=True):
     """One decoded device report: a position, a state snapshot, or both.
+
+    A msgspec Struct rather than a dataclass because one is built for every record on the hot path:
+    construction costs about a tenth of a frozen dataclass's and msgpack encoding is native.
 
     Units are fixed here once so that no later stage converts: degrees WGS84, km/h, metres, percent.
     `time` is the device's own clock (UTC) and together with `device_id` identifies the record:
@@ -52,7 +56,7 @@ class Telemetry:
     battery_pct: float | None = None
     odometer_m: float | None = None
     locked: bool | None = None
-    faults: tuple[str, ...] = field(default=())
+    faults: tuple[str, ...] = ()
 
     @property
     def has_position(self) -> bool:

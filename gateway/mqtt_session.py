@@ -46,7 +46,8 @@ class Inbound:
         return len(self.topics)
 
 
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """MQTT variable byte integer (also used by the simulators' load publisher)."""
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
@@ -55,13 +56,13 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(text: str) -> bytes:
+def encode_string(text: str) -> bytes:
     raw = text.encode()
     return struct.pack("!H", len(raw)) + raw
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
+    return bytes([first]) + encode_varint(len(body)) + body
 
 
 def connect_packet(
@@ -69,25 +70,25 @@ def connect_packet(
     receive_maximum: int,
 ) -> bytes:  # fmt: skip
     flags = 0  # clean start off: the broker keeps our subscriptions and unacknowledged messages
-    payload = _string(client_id)
+    payload = encode_string(client_id)
     if username is not None:
         flags |= 0x80
-        payload += _string(username)
+        payload += encode_string(username)
         if password is not None:
             flags |= 0x40
-            payload += _string(password)
+            payload += encode_string(password)
     props = b"\x11" + struct.pack("!I", session_expiry_s) + b"\x21" + struct.pack("!H", receive_maximum)
-    body = _string("MQTT") + bytes([5, flags]) + struct.pack("!H", keepalive) + _varint(len(props)) + props
+    body = encode_string("MQTT") + bytes([5, flags]) + struct.pack("!H", keepalive) + encode_varint(len(props)) + props
     return _packet(0x10, body + payload)
 
 
 def subscribe_packet(mid: int, filters: Sequence[tuple[str, int]]) -> bytes:
-    body = struct.pack("!H", mid) + b"\x00" + b"".join(_string(f) + bytes([qos]) for f, qos in filters)
+    body = struct.pack("!H", mid) + b"\x00" + b"".join(encode_string(f) + bytes([qos]) for f, qos in filters)
     return _packet(0x82, body)
 
 
 def unsubscribe_packet(mid: int, filters: Sequence[str]) -> bytes:
-    return _packet(0xA2, struct.pack("!H", mid) + b"\x00" + b"".join(_string(f) for f in filters))
+    return _packet(0xA2, struct.pack("!H", mid) + b"\x00" + b"".join(encode_string(f) for f in filters))
 
 
 END_SESSION = b"\xe0\x07\x00\x05\x11\x00\x00\x00\x00"  # DISCONNECT, normal, session expiry now

@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from gateway.mqtt_session import encode_string, encode_varint
+
 CONNACK, PUBACK = 2, 4
 
 
@@ -23,37 +25,23 @@ class WireError(ConnectionError):
     """The broker refused us or the connection broke."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return struct.pack("!H", len(raw)) + raw
-
-
 def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int) -> bytes:
     flags = 0x02  # clean session
-    payload = _string(client_id)
+    payload = encode_string(client_id)
     if username is not None:
         flags |= 0x80
-        payload += _string(username)
+        payload += encode_string(username)
         if password is not None:
             flags |= 0x40
-            payload += _string(password)
-    body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
-    return b"\x10" + _varint(len(body)) + body
+            payload += encode_string(password)
+    body = encode_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
+    return b"\x10" + encode_varint(len(body)) + body
 
 
 def publish_packet(topic: str, payload: bytes, mid: int) -> bytes:
     """PUBLISH, QoS 1, not retained; `mid` must be 1..65535."""
-    body = _string(topic) + struct.pack("!H", mid) + payload
-    return b"\x32" + _varint(len(body)) + body
+    body = encode_string(topic) + struct.pack("!H", mid) + payload
+    return b"\x32" + encode_varint(len(body)) + body
 
 
 class QoS1Publisher:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from gateway.mqtt_session import MqttSession, SessionError, _varint
+from gateway.mqtt_session import MqttSession, SessionError, encode_varint
 
 Script = Callable[[socket.socket], None]
 
@@ -20,8 +20,8 @@ def publish(topic: str, payload: bytes, mid: int = 0, props: bytes = b"") -> byt
     body = struct.pack("!H", len(topic)) + topic.encode()
     if mid:
         body += struct.pack("!H", mid)
-    body += _varint(len(props)) + props + payload
-    return bytes([0x32 if mid else 0x30]) + _varint(len(body)) + body
+    body += encode_varint(len(props)) + props + payload
+    return bytes([0x32 if mid else 0x30]) + encode_varint(len(body)) + body
 
 
 def read_packet(sock: socket.socket) -> tuple[int, bytes]:

@@ -10,10 +10,11 @@ from collections import Counter
 import orjson
 import pytest
 
+from gateway.mqtt_session import encode_varint
 from simulators.config import CommandHabit, SimConfig, SimConfigError, device_ids, report_interval, role
 from simulators.encode import Format
 from simulators.load import LoadError, _check, _Share, payloads
-from simulators.wire import _count_pubacks, _varint, connect_packet, publish_packet
+from simulators.wire import _count_pubacks, connect_packet, publish_packet
 
 
 @pytest.mark.parametrize(
@@ -110,8 +111,8 @@ def test_load_refuses_bad_arguments(args: tuple[int, float, int, str, int]) -> N
 
 
 def test_mqtt_packets_are_encoded_as_the_spec_says() -> None:
-    assert _varint(0) == b"\x00" and _varint(127) == b"\x7f" and _varint(128) == b"\x80\x01"
-    assert _varint(16_383) == b"\xff\x7f" and _varint(2_097_152) == b"\x80\x80\x80\x01"
+    assert encode_varint(0) == b"\x00" and encode_varint(127) == b"\x7f" and encode_varint(128) == b"\x80\x01"
+    assert encode_varint(16_383) == b"\xff\x7f" and encode_varint(2_097_152) == b"\x80\x80\x80\x01"
     packet = publish_packet("a/b", b"xyz", 10)
     assert packet == b"\x32\x0a\x00\x03a/b\x00\x0axyz"
     connect = connect_packet("c1", "user", "pw", 60)

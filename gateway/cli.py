@@ -145,6 +145,21 @@ def ingest(
 
 
 @app.command()
+def api(state_dir: StateDir = None, host: str | None = None, port: int | None = None) -> None:
+    """Serve the operator API."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.deps import ApiConfig
+    from gateway.config import resolve
+
+    settings = _settings(state_dir)
+    endpoints = resolve(settings)
+    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url)
+    uvicorn.run(create_app(config), host=host or settings.api_host, port=port or settings.api_port, log_level="info")
+
+
+@app.command()
 def geofence(
     state_dir: StateDir = None, instance: Annotated[str | None, typer.Option(help="Stable worker id.")] = None
 ) -> None:

@@ -10,14 +10,14 @@ from gateway.stack.install import AptSource, deb_src_lines, install_commands, pa
 # /etc/apt/sources.list.d/debian.sources as Debian 12 container images ship it
 DEBIAN_SOURCES = """Types: deb
 # http://snapshot.debian.org/archive/debian/20250520T000000Z
-URIs: http://deb.debian.org/debian
+URIs: http://mirror.example/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 # http://snapshot.debian.org/archive/debian-security/20250520T000000Z
-URIs: http://deb.debian.org/debian-security
+URIs: http://mirror.example/debian-security
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -26,12 +26,12 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 def test_the_release_mirror_is_taken_and_the_security_mirror_left_out() -> None:
-    assert parse_deb822(DEBIAN_SOURCES) == [AptSource("http://deb.debian.org/debian", KEYRING)]
+    assert parse_deb822(DEBIAN_SOURCES) == [AptSource("http://mirror.example/debian", KEYRING)]
 
 
 def test_the_private_list_adds_only_a_source_entry_for_the_newer_suite() -> None:
     text = deb_src_lines(parse_deb822(DEBIAN_SOURCES))
-    assert text == f"deb-src [signed-by={KEYRING}] http://deb.debian.org/debian trixie main\n"
+    assert text == f"deb-src [signed-by={KEYRING}] http://mirror.example/debian trixie main\n"
 
 
 def test_disabled_stanzas_and_binary_only_mirrors_without_a_base_suite_are_skipped() -> None:

@@ -8,7 +8,7 @@ Changed states are published on `fleet:live` for live map updates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 import orjson
@@ -51,21 +51,39 @@ return #changed
 """
 
 
-def latest_patches(records: Iterable[Telemetry], received: Sequence[datetime]) -> dict[str, dict[str, object]]:
-    """Per device, the newest values of each field within this batch (pure; order-independent)."""
+def latest_patches(records: Sequence[Telemetry], received: Sequence[datetime]) -> dict[str, dict[str, object]]:
+    """Per device, the newest values of each field within this batch (pure; order-independent).
+
+    Walks each device's reports newest first and stops once every field is known, which is usually
+    after the first: the hot path touches one report per device, not every report."""
+    by_device: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_device.setdefault(record.device_id, []).append(i)
     patches: dict[str, dict[str, object]] = {}
-    ordered = sorted(zip(records, received, strict=True), key=lambda rr: rr[0].time)
-    for record, received_at in ordered:
-        patch = patches.setdefault(record.device_id, {"id": record.device_id})
-        patch["ts"] = record.time.timestamp()
-        patch["seen"] = received_at.timestamp()
-        patch["source"] = str(record.source)
-        for name in _FIELDS:
-            value = getattr(record, name)
-            if value is not None:
-                patch[name] = value
-        if record.faults or "faults" not in patch:
-            patch["faults"] = list(record.faults)
+    for device_id, indexes in by_device.items():
+        indexes.sort(key=lambda i: records[i].time, reverse=True)
+        newest = records[indexes[0]]
+        patch: dict[str, object] = {
+            "id": device_id,
+            "ts": newest.time.timestamp(),
+            "seen": received[indexes[0]].timestamp(),
+            "source": str(newest.source),
+        }
+        missing: list[str] = [*_FIELDS, "faults"]
+        for i in indexes:
+            record = records[i]
+            still = []
+            for name in missing:
+                value = getattr(record, name)
+                if value is not None and value != ():
+                    patch[name] = list(value) if name == "faults" else value
+                else:
+                    still.append(name)
+            missing = still
+            if not missing:
+                break
+        patch.setdefault("faults", [])
+        patches[device_id] = patch
     return patches
 
 

@@ -29,3 +29,18 @@ def test_geojson_is_lon_lat_and_skips_vehicles_without_position() -> None:
     assert feature["geometry"] == {"type": "Point", "coordinates": [13.4, 52.5]}
     assert feature["properties"]["faults"] == []
     assert feature["properties"]["device_time"] == "2026-11-23T12:00:00Z"
+
+
+def test_patch_takes_each_field_from_the_newest_report_that_has_it() -> None:
+    reports = [
+        Telemetry("b", T0 + timedelta(seconds=s), Source.JSON, battery_pct=float(100 - s)) for s in range(5)
+    ] + [
+        Telemetry("b", T0 - timedelta(seconds=1), Source.NMEA, lat=1.0, lon=2.0, faults=("E1",)),
+        Telemetry("c", T0, Source.JSON, locked=True),
+    ]  # fmt: skip
+    patches = latest_patches(list(reversed(reports)), [T0] * len(reports))
+    assert patches["b"]["battery_pct"] == 96.0
+    assert (patches["b"]["lat"], patches["b"]["lon"], patches["b"]["faults"]) == (1.0, 2.0, ["E1"])
+    assert patches["b"]["source"] == "json"
+    assert patches["c"] == {"id": "c", "ts": T0.timestamp(), "seen": T0.timestamp(), "source": "json",
+                            "locked": True, "faults": []}  # fmt: skip

@@ -94,6 +94,6 @@ def decode(
     decoder = _DECODERS.get(where.kind)
     if decoder is None:
         raise DecodeError("bad_topic", f"{where.kind} topics are not telemetry: use decode_{where.kind}")
-    if not msg.payload.strip():
+    if not msg.payload or msg.payload.isspace():
         raise DecodeError("empty", "empty payload")
     return decoder(msg.payload, where.device_id, now=now, tolerance_s=future_tolerance_s)

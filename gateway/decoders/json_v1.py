@@ -1,10 +1,16 @@
 """JSON telemetry v1 (`fleet/{device_id}/telemetry`): one record, or a batch `{"v": 1, "records": [...]}`.
 
-msgspec decodes straight into a typed Struct (about 1 µs for a record): unknown fields are skipped
-for forward compatibility, a known field of the wrong type is refused by msgspec itself, and the
-range rules that need a reason code of their own (out_of_range, not_finite, future_time, ...) are
-checked here. One pass over the bytes decides single versus batch: a message with `records` is a
-batch, anything else a single record.
+msgspec decodes straight into a typed Struct: unknown fields are skipped for forward compatibility,
+a known field of the wrong type is refused by msgspec itself. One pass over the bytes decides single
+versus batch: a message with `records` is a batch, anything else a single record.
+
+Two paths, one set of rules. The fast path decodes into `Checked`, whose field types carry the
+range rules as msgspec constraints, so a good message (nearly every message) is checked in C and
+only time, identity and position are looked at in Python. Any doubt on the fast path (a constraint
+failed, a foreign id, a bad time) sends the message down the exact path, which decodes without
+constraints and applies the same rules one by one to find the reason code each refused record gets
+(out_of_range, not_finite, future_time, ...). The constraints are declared once, on `Checked`; the
+exact path reads its limits from there.
 
 A bad single record refuses the message (raise). In a batch, each bad record becomes a `Reject`
 holding that record's own bytes and the good records are kept: a tracker that buffered 900 points
@@ -14,9 +20,12 @@ the whole batch, because it means the firmware is misconfigured or impersonating
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from gateway.decoders import checks
 from gateway.decoders.jsonwire import decode_struct
@@ -27,10 +36,11 @@ VERSION = 1
 MAX_RECORDS = 1000
 MAX_FAULTS = 32
 MAX_FAULT_LEN = 64
+FIXES = (0, 2, 3)
 
 
 class Record(msgspec.Struct, frozen=True):
-    """Wire form of one v1 record; field names are the protocol's, units are in the names."""
+    """Wire form of one v1 record as types only; field names are the protocol's, units in the names."""
 
     v: int | None = None
     id: str | None = None
@@ -56,15 +66,120 @@ class Message(Record, frozen=True):
     records: list[msgspec.Raw] | None = None
 
 
+FaultCode = Annotated[str, Meta(min_length=1, max_length=MAX_FAULT_LEN)]
+
+
+class Checked(msgspec.Struct, frozen=True):
+    """`Record` with the v1 range rules as constraints: the fast path's type, and the only place the
+    limits are written down (units: degrees, metres, km/h, percent)."""
+
+    v: Literal[1] | None = None
+    id: str | None = None
+    ts: str | float | None = None
+    lat: Annotated[float, Meta(ge=-90.0, le=90.0)] | None = None
+    lon: Annotated[float, Meta(ge=-180.0, le=180.0)] | None = None
+    alt_m: Annotated[float, Meta(ge=-1000.0, le=100_000.0)] | None = None
+    speed_kmh: Annotated[float, Meta(ge=0.0, lt=checks.MAX_SPEED_KMH)] | None = None
+    heading_deg: Annotated[float, Meta(ge=0.0, lt=360.0)] | None = None
+    acc_m: Annotated[float, Meta(ge=0.0, le=1e7)] | None = None
+    fix: Literal[0, 2, 3] | None = None
+    sats: Annotated[int, Meta(ge=0, le=255)] | None = None
+    hdop: Annotated[float, Meta(ge=0.0, le=1000.0)] | None = None
+    battery_pct: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
+    odometer_m: Annotated[float, Meta(ge=0.0, le=1e10)] | None = None
+    locked: bool | None = None
+    faults: Annotated[list[FaultCode], Meta(max_length=MAX_FAULTS)] | None = None
+
+
+class CheckedMessage(Checked, frozen=True):
+    records: Annotated[list[Checked], Meta(min_length=1, max_length=MAX_RECORDS)] | None = None
+
+
+def _ranges() -> tuple[tuple[str, float, float, bool], ...]:
+    """(field, low, high, high end open) for every numeric range on `Checked`, for the exact path."""
+    out = []
+    for field in msgspec.inspect.type_info(Checked).fields:  # type: ignore[union-attr]
+        for t in getattr(field.type, "types", (field.type,)):
+            numeric = isinstance(t, msgspec.inspect.FloatType | msgspec.inspect.IntType)
+            if numeric and t.ge is not None and field.name not in _POSITION:
+                high_open = t.lt is not None
+                out.append((field.name, t.ge, t.lt if high_open else t.le, high_open))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+_POSITION = frozenset({"lat", "lon"})  # checked by checks.position, which also knows (0, 0)
+_RANGES = _ranges()
+
 _message = msgspec.json.Decoder(Message)
 _record = msgspec.json.Decoder(Record)
+_checked = msgspec.json.Decoder(CheckedMessage)
+_fromtimestamp = datetime.fromtimestamp
+_fromisoformat = datetime.fromisoformat
 
 
 def decode_json(payload: bytes, device_id: str, *, now: datetime, tolerance_s: float) -> Decoded:
+    fast = _decode_fast(payload, device_id, _latest(now, tolerance_s))
+    return fast if fast is not None else decode_json_exact(payload, device_id, now=now, tolerance_s=tolerance_s)
+
+
+def decode_json_exact(payload: bytes, device_id: str, *, now: datetime, tolerance_s: float) -> Decoded:
+    """The rules one by one, for a message the fast path did not accept: the reason codes live here."""
     msg = decode_struct(_message, payload)
     if msg.records is None:
         return Decoded((to_telemetry(msg, device_id, now=now, tolerance_s=tolerance_s),))
     return _decode_batch(msg, msg.records, device_id, now=now, tolerance_s=tolerance_s)
+
+
+@lru_cache(maxsize=4)
+def _latest(now: datetime, tolerance_s: float) -> datetime:
+    """The newest device time accepted; cached, since every message of a gateway batch shares `now`."""
+    return now + timedelta(seconds=tolerance_s)
+
+
+def _decode_fast(payload: bytes, device_id: str, latest: datetime) -> Decoded | None:
+    """Every record of a message that passes every v1 rule, or None if any rule might fail.
+
+    Must accept exactly what the exact path accepts and build the same records; None only costs
+    time (tests/unit/decoders/test_decode_json_paths.py holds the two paths to that)."""
+    try:
+        msg = _checked.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if msg.v is None or (msg.id is not None and msg.id != device_id):
+        return None
+    records = (msg,) if msg.records is None else msg.records
+    out = []
+    for rec in records:
+        if rec.id is not None and rec.id != device_id:
+            return None
+        ts = rec.ts
+        try:
+            if ts.__class__ is float:
+                when = _fromtimestamp(ts, UTC)  # type: ignore[arg-type]
+            elif ts is None:
+                return None
+            else:
+                when = _fromisoformat(ts)  # type: ignore[arg-type]
+                if when.tzinfo is None:
+                    return None
+            if not checks.EARLIEST <= when <= latest:
+                return None
+        except (ValueError, OverflowError, OSError):
+            return None
+        if when.tzinfo is not UTC:
+            when = when.astimezone(UTC)
+        lat, lon = rec.lat, rec.lon
+        if (lat is None) is not (lon is None) or (lat == 0.0 and lon == 0.0):
+            return None
+        if rec.fix == 0:
+            lat = lon = None
+        record = Telemetry(
+            device_id, when, Source.JSON, lat, lon, rec.alt_m, rec.speed_kmh, rec.heading_deg, rec.acc_m,
+            rec.fix, rec.sats, rec.hdop, rec.battery_pct, rec.odometer_m, rec.locked,
+            tuple(rec.faults) if rec.faults else (),
+        )  # fmt: skip
+        out.append(record)
+    return Decoded(tuple(out))
 
 
 def _decode_batch(
@@ -138,26 +253,13 @@ def to_telemetry(
     )
 
 
-_RANGES = (
-    # field, low, high, high end open
-    ("alt_m", -1000.0, 100_000.0, False),
-    ("speed_kmh", 0.0, checks.MAX_SPEED_KMH, True),
-    ("heading_deg", 0.0, 360.0, True),
-    ("acc_m", 0.0, 1e7, False),
-    ("sats", 0, 255, False),
-    ("hdop", 0.0, 1000.0, False),
-    ("battery_pct", 0.0, 100.0, False),
-    ("odometer_m", 0.0, 1e10, False),
-)
-
-
 def _check_ranges(rec: Record) -> None:
     for name, low, high, high_open in _RANGES:
         value = getattr(rec, name)
         # fast path for the usual good value; NaN fails every comparison and takes the slow path
         if value is not None and not (low <= value < high if high_open else low <= value <= high):
             checks.in_range(name, value, low, high, high_open=high_open)
-    if rec.fix is not None and rec.fix not in (0, 2, 3):
+    if rec.fix is not None and rec.fix not in FIXES:
         raise DecodeError("out_of_range", f"fix={rec.fix}, expected 0, 2 or 3")
     if rec.faults is not None:
         if len(rec.faults) > MAX_FAULTS:

@@ -16,7 +16,7 @@ import orjson
 
 from gateway import decoders
 from gateway.records import DeadLetter, DecodeError, RawMessage, Telemetry
-from gateway.wire import StreamEntry
+from gateway.wire import FORMAT, StreamEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ def classify(messages: Sequence[RawMessage], intake: Intake, *, now: datetime) -
     records: list[Telemetry] = []
     received: list[datetime] = []
     dead: list[DeadLetter] = []
-    outcome = Outcome(messages, StreamEntry(records, received, dead))
+    outcome = Outcome(messages, StreamEntry(FORMAT, records, received, dead))
     for msg in messages:
         route = decoders.route(msg.topic)
         if route is None:

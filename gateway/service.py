@@ -31,6 +31,7 @@ from gateway.intake import Intake, Outcome, classify
 from gateway.mqtt_session import Inbound, MqttSession, SessionError
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import RawMessage
+from gateway.redis_client import stream_client
 from gateway.settings import MqttTarget
 from gateway.wire import FIELD, encode_entry
 
@@ -75,7 +76,7 @@ class Gateway:
         decode: Callable[..., decoders.Decoded] = decoders.decode,
     ) -> None:
         self._target = mqtt_target
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = stream_client(redis_url)
         self._stream_key = stream_key
         self._client_id = client_id or f"fleet-gateway-{socket.gethostname()}"
         self._session: MqttSession | None = None

@@ -34,6 +34,7 @@ import redis
 
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import Telemetry
+from gateway.redis_client import stream_client
 from gateway.wire import FIELD, decode_entry
 from geofence import store
 from geofence.batch import PositionBatch
@@ -100,7 +101,7 @@ class GeofenceWorker:
         transition_params: TransitionParams | None = None,
         trip_params: TripParams | None = None,
     ) -> None:
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = stream_client(redis_url)
         self._database_url = database_url
         self._conn: psycopg.Connection | None = None
         self._consumer = consumer or geofence_consumer_name()

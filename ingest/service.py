@@ -28,6 +28,7 @@ from psycopg import errors
 
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
+from gateway.redis_client import stream_client
 from gateway.wire import FIELD, decode_entry
 from ingest.livestate import LiveState, latest_patches
 from ingest.store import DeadRow, WritePlan, WriteResult, telemetry_row, write_batch
@@ -79,7 +80,7 @@ class IngestWorker:
         consumer: str | None = None,
         claim_idle_ms: int = CLAIM_IDLE_MS,
     ) -> None:
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = stream_client(redis_url)
         self._database_url = database_url
         self._conn: psycopg.Connection | None = None
         self._plan = WritePlan()

@@ -127,3 +127,16 @@ def test_a_replayed_batch_falls_back_to_the_merge_and_is_stored_once(clean: Endp
         assert (after.inserted, after.merged) == (10, True)
     assert scalar(clean.database_url, "SELECT count(*) FROM telemetry") == 160
     assert scalar(clean.database_url, "SELECT count(DISTINCT time) FROM telemetry") == 160
+
+
+def test_a_record_twice_in_one_batch_is_stored_once(clean: Endpoints) -> None:
+    """A QoS 1 redelivery can land in the same batch as the original: the direct COPY refuses the
+    batch, the merge stores each (device, time) once."""
+    base = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
+    rows = [telemetry_row(Telemetry("rp-2", base + timedelta(seconds=k), Source.JSON, 52.5, 13.4), base)
+            for k in (0, 1, 2, 1, 3, 0)]  # fmt: skip
+    plan = WritePlan()
+    with psycopg.connect(clean.database_url) as conn:
+        result = write_batch(conn, rows, [], plan)
+    assert (result.staged, result.inserted, result.duplicates, result.merged) == (6, 4, 2, True)
+    assert scalar(clean.database_url, "SELECT count(*) FROM telemetry WHERE device_id = 'rp-2'") == 4

@@ -21,7 +21,6 @@ the whole batch, because it means the firmware is misconfigured or impersonating
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Annotated, Literal
 
 import msgspec
@@ -130,10 +129,18 @@ def decode_json_exact(payload: bytes, device_id: str, *, now: datetime, toleranc
     return _decode_batch(msg, msg.records, device_id, now=now, tolerance_s=tolerance_s)
 
 
-@lru_cache(maxsize=4)
+_last_latest: list[tuple[datetime, float, datetime]] = [(checks.EARLIEST, 0.0, checks.EARLIEST)]
+
+
 def _latest(now: datetime, tolerance_s: float) -> datetime:
-    """The newest device time accepted; cached, since every message of a gateway batch shares `now`."""
-    return now + timedelta(seconds=tolerance_s)
+    """The newest device time accepted. Every message of a gateway batch shares the same `now`
+    object, so the last answer is kept and found by identity: hashing an aware datetime (as a
+    `functools.lru_cache` would) costs about a microsecond."""
+    last_now, last_tolerance, latest = _last_latest[0]  # one read: safe if threads share the decoder
+    if last_now is not now or last_tolerance != tolerance_s:
+        latest = now + timedelta(seconds=tolerance_s)
+        _last_latest[0] = (now, tolerance_s, latest)
+    return latest
 
 
 def _decode_fast(payload: bytes, device_id: str, latest: datetime) -> Decoded | None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from gateway.records import DecodeError, Telemetry
 
 
-@dataclass(frozen=True, slots=True)
-class Reject:
+class Reject(msgspec.Struct, frozen=True):
     """One refused part of an otherwise readable message (an NMEA line or epoch, one record of a
     JSON batch), with its own raw bytes so the dead letter shows exactly what was refused."""
 
@@ -21,8 +20,7 @@ class Reject:
         return cls(exc.reason, exc.detail, raw)
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
+class Decoded(msgspec.Struct, frozen=True):
     """Good records and refused parts of one message; either may be empty."""
 
     records: tuple[Telemetry, ...] = ()

@@ -54,7 +54,7 @@ from gateway.settings import MqttTarget  # noqa: E402
 
 POLL_S = 0.05
 WINDOW = 500  # sample keys looked up per poll
-QUEUE_LIMIT = 200_000  # Mosquitto's max_queued_messages in the local stack (gateway/stack/mosquitto.py)
+QUEUE_LIMIT = 200_000  # what --drain may queue; the local stack allows 2,000,000 (gateway/stack/mosquitto.py)
 
 # -- observing the database ---------------------------------------------------------------------------
 _FOUND = (
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             and args.gateways >= 1 and args.workers >= 1 and args.rate >= 0):  # fmt: skip
         parser.error("records, devices, publishers, gateways and workers must be positive, batch 1..1000")
     if args.drain and -(-args.records // args.batch) > QUEUE_LIMIT:
-        parser.error(f"--drain: the broker queues at most {QUEUE_LIMIT:,} messages per session")
+        parser.error(f"--drain: at most {QUEUE_LIMIT:,} messages are queued for one session")
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-ingest-"))
     (workdir / "logs").mkdir()
     servers = start_servers(workdir)

@@ -29,7 +29,7 @@ from psycopg import errors
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
 from gateway.redis_client import stream_client
-from gateway.wire import FIELD, decode_entry
+from gateway.wire import FIELD, RECORD_BYTES, decode_entry
 from ingest.livestate import LiveState, latest_patches
 from ingest.store import DeadRow, WritePlan, WriteResult, telemetry_row, write_batch
 
@@ -228,9 +228,9 @@ class IngestWorker:
 def _split(entries: Entries, max_rows: int) -> tuple[Entries, Entries]:
     """A prefix of whole entries of at most about `max_rows` records (at least one entry), and the rest.
 
-    Sizes are estimated from the encoded length (about 250 bytes a record), so nothing is decoded twice.
+    Sizes are estimated from the encoded length (`RECORD_BYTES` a record), so nothing is decoded twice.
     """
-    budget = max_rows * 250
+    budget = max_rows * RECORD_BYTES
     for i, (_id, fields) in enumerate(entries):
         budget -= len(fields.get(FIELD, b"")) if fields else 0
         if budget < 0 and i > 0:

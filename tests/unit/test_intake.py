@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from gateway import decoders
 from gateway.intake import Intake, classify
 from gateway.records import RawMessage
-from gateway.wire import FORMAT, StreamEntry, decode_entry, encode_entry
+from gateway.wire import FORMAT, RECORD_BYTES, StreamEntry, decode_entry, encode_entry
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 INTAKE = Intake(decode=decoders.decode, max_payload=16384, future_tolerance_s=300, known=frozenset({"bike-1"}))
@@ -63,6 +63,25 @@ def test_stream_entry_round_trips() -> None:
     again = decode_entry(encode_entry(out.entry))
     assert again == StreamEntry(FORMAT, out.entry.records, out.entry.received_at, out.entry.dead)
     assert len(encode_entry(out.entry)) < 200  # records are arrays, not maps of field names
+
+
+def test_record_bytes_estimate_matches_the_format() -> None:
+    """Ingest sizes its transactions from entry lengths with RECORD_BYTES: it must stay near the truth."""
+    full = report(
+        alt_m=34.0,
+        speed_kmh=15.0,
+        heading_deg=90.0,
+        acc_m=4.0,
+        fix=3,
+        sats=9,
+        hdop=0.9,
+        battery_pct=80.0,
+        odometer_m=1234.5,
+        locked=False,
+    )
+    out = classify([msg("fleet/bike-1/telemetry", full)] * 100, INTAKE, now=NOW)
+    per_record = len(encode_entry(out.entry)) / len(out.entry.records)
+    assert 0.75 * RECORD_BYTES < per_record < 1.25 * RECORD_BYTES, per_record
 
 
 def test_an_entry_of_another_format_is_refused_not_misread() -> None:

@@ -31,7 +31,7 @@ from gateway.records import DeadLetter, Telemetry
 from gateway.redis_client import stream_client
 from gateway.wire import FIELD, RECORD_BYTES, decode_entry
 from ingest.livestate import LiveState, latest_patches
-from ingest.store import DeadRow, WritePlan, WriteResult, telemetry_row, write_batch
+from ingest.store import DeadRow, DeviceKeys, WritePlan, WriteResult, telemetry_rows, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ class _Batch:
     """The decoded content of some stream entries, ready for one transaction."""
 
     ids: list[bytes]
-    rows: list[tuple[object, ...]]
     dead: list[DeadRow]
     records: list[Telemetry]
     received: list[datetime]
@@ -84,6 +83,7 @@ class IngestWorker:
         self._database_url = database_url
         self._conn: psycopg.Connection | None = None
         self._plan = WritePlan()
+        self._keys = DeviceKeys()
         self._stream = stream_key
         self._group = group
         self._count = batch_entries
@@ -157,7 +157,7 @@ class IngestWorker:
     def _process(self, entries: Entries, stop: threading.Event) -> None:
         batch = self._decode(entries)
         self._retry(stop, lambda: self._live.apply(latest_patches(batch.records, batch.received)))
-        result = self._retry(stop, lambda: self._write(batch.rows, batch.dead))
+        result = self._retry(stop, lambda: self._write(batch))
         if result is None:  # stopping: leave the entries pending for whoever comes next
             return
         self._retry(stop, lambda: self._ack(batch, result))
@@ -167,7 +167,7 @@ class IngestWorker:
         self.stats.dead_letters += result.dead_letters
 
     def _decode(self, entries: Entries) -> _Batch:
-        batch = _Batch([], [], [], [], [], [])
+        batch = _Batch([], [], [], [], [])
         for entry_id, fields in entries:
             batch.ids.append(entry_id)
             if not fields:  # deleted while pending: nothing to store
@@ -182,20 +182,21 @@ class IngestWorker:
                 continue
             if entry.records:
                 batch.committed.append(fields[FIELD])
-            batch.rows.extend(map(telemetry_row, entry.records, entry.received_at))
             batch.records.extend(entry.records)
             batch.received.extend(entry.received_at)
             batch.dead.extend(DeadRow(sid, i, letter) for i, letter in enumerate(entry.dead, start=1))
         return batch
 
-    def _write(self, rows: list[tuple[object, ...]], dead: list[DeadRow]) -> WriteResult:
+    def _write(self, batch: _Batch) -> WriteResult:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
                 self._database_url, connect_timeout=5, application_name=f"fleet {self._consumer}"[:63]
             )
             self._plan = WritePlan()
         try:
-            return write_batch(self._conn, rows, dead, self._plan)
+            keys = self._keys.keys_for(self._conn, batch.records)
+            rows = telemetry_rows(batch.records, batch.received, keys)
+            return write_batch(self._conn, rows, batch.dead, self._plan)
         except errors.TransactionRollback:
             raise  # deadlock or serialization failure with another worker: rolled back, retry as is
         except psycopg.OperationalError:

@@ -1,8 +1,9 @@
 """Writing a batch to TimescaleDB: one binary COPY, all or nothing, stored once per (device, time).
 
-The unique index on (device_id, time) is what makes the whole pipeline exactly-once in effect: QoS 1
+The unique index on (device_key, time) is what makes the whole pipeline exactly-once in effect: QoS 1
 redeliveries, a device's resends and a stream entry replayed after a worker crash all collapse onto
-the row already there, and a late record lands in its place in time.
+the row already there, and a late record lands in its place in time. `device_key` is the integer
+that `device_keys` gives each device id (migration 0004 says why); `DeviceKeys` caches it here.
 
 Two ways to honour it, chosen per batch by `WritePlan`:
 
@@ -25,17 +26,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, pq
 
 from gateway.records import DeadLetter, Telemetry
 
 COLUMNS = (
-    "time", "device_id", "received_at", "source", "lat", "lon", "altitude_m", "speed_kmh",
+    "time", "device_id", "device_key", "received_at", "source", "lat", "lon", "altitude_m", "speed_kmh",
     "heading_deg", "accuracy_m", "fix", "satellites", "hdop", "battery_pct", "odometer_m",
     "locked", "faults",
 )  # fmt: skip
 TYPES = (
-    "timestamptz", "text", "timestamptz", "text", "float8", "float8", "float4", "float4",
+    "timestamptz", "text", "int4", "timestamptz", "text", "float8", "float8", "float4", "float4",
     "float4", "float4", "int2", "int2", "float4", "float4", "float8", "bool", "text[]",
 )  # fmt: skip
 MERGE_BATCHES_AFTER_CONFLICT = 20  # batches that go straight to the merge after a direct COPY met a row
@@ -45,7 +46,7 @@ _COPY_STAGE = f"COPY telemetry_stage ({', '.join(COLUMNS)}) FROM STDIN (FORMAT B
 _COPY_DIRECT = f"COPY telemetry ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _MERGE = (
     f"INSERT INTO telemetry ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM telemetry_stage"
-    " ON CONFLICT (device_id, time) DO NOTHING"
+    " ON CONFLICT (device_key, time) DO NOTHING"
 )
 _DEAD = (
     "INSERT INTO dead_letters (stream_entry, seq, received_at, topic, device_id, reason, detail, payload)"
@@ -90,11 +91,57 @@ class WritePlan:
             self.merge_left -= 1
 
 
-def telemetry_row(record: Telemetry, received_at: datetime) -> tuple[object, ...]:
+KEY = COLUMNS.index("device_key")
+_NEW_KEYS = "INSERT INTO device_keys (id) SELECT unnest(%s::text[]) ORDER BY 1 ON CONFLICT DO NOTHING"
+_KEYS = "SELECT id, key FROM device_keys WHERE id = ANY(%s::text[])"
+
+
+class DeviceKeys:
+    """device id → `device_keys.key`, read once per id and kept: a key never changes or goes away.
+
+    An id seen for the first time gets its key in a transaction of its own, committed before the
+    batch that needs it, so a batch rolled back later cannot leave a key here that the database
+    does not have. Two workers meeting the same new id both end up with the one key committed.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[str, int] = {}
+
+    def keys_for(self, conn: psycopg.Connection, records: Sequence[Telemetry]) -> list[int]:
+        known = self.known
+        try:
+            return [known[r.device_id] for r in records]
+        except KeyError:
+            pass
+        if conn.info.transaction_status is not pq.TransactionStatus.IDLE:
+            raise RuntimeError("device keys are given in a transaction of their own: call keys_for between batches")
+        new = sorted({r.device_id for r in records}.difference(known))
+        with conn.transaction():
+            conn.execute(_NEW_KEYS, (new,))
+            known.update(conn.execute(_KEYS, (new,)).fetchall())
+        return [known[r.device_id] for r in records]
+
+
+def telemetry_rows(
+    records: Sequence[Telemetry], received_at: Sequence[datetime], keys: Sequence[int]
+) -> list[tuple[object, ...]]:
+    """COPY rows in key order (stable, so each device's records keep their order). Consecutive
+    inserts then land on the same index leaf, and PostgreSQL packs the pages that a device's rising
+    times fill instead of splitting them in half: a smaller index, fewer splits."""
+    rows = list(map(telemetry_row, records, received_at, keys))
+    rows.sort(key=_by_key)
+    return rows
+
+
+def _by_key(row: tuple[object, ...]) -> object:
+    return row[KEY]
+
+
+def telemetry_row(record: Telemetry, received_at: datetime, key: int) -> tuple[object, ...]:
     """One COPY row. `source` goes in as the enum itself: it is a `str`, and psycopg's text dumper
     encodes it like one (a `str()` call per record cost about 0.2 µs)."""
     return (
-        record.time, record.device_id, received_at, record.source, record.lat, record.lon,
+        record.time, record.device_id, key, received_at, record.source, record.lat, record.lon,
         record.altitude_m, record.speed_kmh, record.heading_deg, record.accuracy_m, record.fix,
         record.satellites, record.hdop, record.battery_pct, record.odometer_m, record.locked,
         list(record.faults) if record.faults else None,

@@ -30,7 +30,7 @@ from fleet_harness import (
 
 from gateway.config import Endpoints
 from gateway.records import Source, Telemetry
-from ingest.store import WritePlan, telemetry_row, write_batch
+from ingest.store import DeviceKeys, WritePlan, telemetry_rows, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -111,10 +111,11 @@ def test_a_replayed_batch_falls_back_to_the_merge_and_is_stored_once(clean: Endp
     """The direct COPY meets rows already there (a replay after a crash between commit and XACK):
     the savepoint is rolled back, the merge stores only the new rows, and the next batches merge."""
     base = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    keys = DeviceKeys()
 
     def rows(first: int, last: int) -> list[tuple[object, ...]]:
-        return [telemetry_row(Telemetry("rp-1", base + timedelta(seconds=k), Source.JSON, 52.5, 13.4), base)
-                for k in range(first, last)]  # fmt: skip
+        records = [Telemetry("rp-1", base + timedelta(seconds=k), Source.JSON, 52.5, 13.4) for k in range(first, last)]
+        return telemetry_rows(records, [base] * len(records), keys.keys_for(conn, records))
 
     plan = WritePlan()
     with psycopg.connect(clean.database_url) as conn:
@@ -133,10 +134,10 @@ def test_a_record_twice_in_one_batch_is_stored_once(clean: Endpoints) -> None:
     """A QoS 1 redelivery can land in the same batch as the original: the direct COPY refuses the
     batch, the merge stores each (device, time) once."""
     base = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
-    rows = [telemetry_row(Telemetry("rp-2", base + timedelta(seconds=k), Source.JSON, 52.5, 13.4), base)
-            for k in (0, 1, 2, 1, 3, 0)]  # fmt: skip
+    records = [Telemetry("rp-2", base + timedelta(seconds=k), Source.JSON, 52.5, 13.4) for k in (0, 1, 2, 1, 3, 0)]
     plan = WritePlan()
     with psycopg.connect(clean.database_url) as conn:
+        rows = telemetry_rows(records, [base] * len(records), DeviceKeys().keys_for(conn, records))
         result = write_batch(conn, rows, [], plan)
     assert (result.staged, result.inserted, result.duplicates, result.merged) == (6, 4, 2, True)
     assert scalar(clean.database_url, "SELECT count(*) FROM telemetry WHERE device_id = 'rp-2'") == 4

@@ -54,14 +54,28 @@ return #changed
 def latest_patches(records: Sequence[Telemetry], received: Sequence[datetime]) -> dict[str, dict[str, object]]:
     """Per device, the newest values of each field within this batch (pure; order-independent).
 
-    Walks each device's reports newest first and stops once every field is known, which is usually
-    after the first: the hot path touches one report per device, not every report."""
+    Each device's reports are walked newest first (equal times in arrival order, as storage keeps
+    the first) until every field is known. A device's reports nearly always arrive in time order,
+    and then newest first is simply their reverse: the one pass that groups them also checks that,
+    and only a device whose reports came out of order (or twice) is sorted. Sorting every device's
+    reports cost about 0.6 µs a record; the batch often needs the walk, since a report without
+    faults sends it back through older reports for them."""
     by_device: dict[str, list[int]] = {}
+    unordered: set[str] = set()
     for i, record in enumerate(records):
-        by_device.setdefault(record.device_id, []).append(i)
+        indexes = by_device.get(record.device_id)
+        if indexes is None:
+            by_device[record.device_id] = [i]
+        else:
+            if record.time <= records[indexes[-1]].time:
+                unordered.add(record.device_id)
+            indexes.append(i)
     patches: dict[str, dict[str, object]] = {}
     for device_id, indexes in by_device.items():
-        indexes.sort(key=lambda i: records[i].time, reverse=True)
+        if device_id in unordered:
+            indexes.sort(key=lambda i: records[i].time, reverse=True)  # stable: ties keep arrival order
+        else:
+            indexes.reverse()
         newest = records[indexes[0]]
         patch: dict[str, object] = {
             "id": device_id,

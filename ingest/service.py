@@ -40,7 +40,7 @@ Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 BLOCK_MS = 200
 POSITIONS_STREAM = "fleet:positions"  # committed batches, for the geofence/trip worker
-POSITIONS_MAXLEN = 200_000  # entries kept if no geofence worker reads them (about 10^7 records)
+POSITIONS_MAX_BYTES = 512 * 2**20  # what fleet:positions keeps while no geofence worker reads it
 CLAIM_IDLE_MS = 15_000  # an entry pending this long at another consumer is taken over
 CLAIM_CHECK_S = 5.0
 MAX_ROWS = 50_000  # rows per transaction; a read of many large entries is split
@@ -208,7 +208,7 @@ class IngestWorker:
         """Hand the committed entries on to the geofence stream and acknowledge them, atomically."""
         pipe = self._redis.pipeline(transaction=True)
         for raw in batch.committed:
-            pipe.xadd(POSITIONS_STREAM, {FIELD: raw}, maxlen=POSITIONS_MAXLEN, approximate=True)
+            pipe.xadd(POSITIONS_STREAM, {FIELD: raw}, maxlen=positions_maxlen(len(raw)), approximate=True)
         pipe.xack(self._stream, self._group, *batch.ids)
         pipe.xdel(self._stream, *batch.ids)
         pipe.hincrby("fleet:counters", "stored", result.inserted)
@@ -224,6 +224,15 @@ class IngestWorker:
                 self._warn.warning(type(exc).__name__, "ingest retrying after: %s", exc)
                 if stop.wait(0.05 if isinstance(exc, errors.TransactionRollback) else DB_RETRY_S):
                     return None
+
+
+def positions_maxlen(entry_bytes: int) -> int:
+    """The length bound for an XADD of an entry this size, so that the stream holds about
+    `POSITIONS_MAX_BYTES` (about 4 million records) whatever the size of its entries. Redis bounds a
+    stream by entries only, and an entry holds one gateway batch: a few records at a trickle, up to
+    10,000 under full load, so a fixed count (200,000 entries was the bound) allowed anything from
+    a few MB to tens of GB."""
+    return max(100, POSITIONS_MAX_BYTES // max(entry_bytes, 1))
 
 
 def _split(entries: Entries, max_rows: int) -> tuple[Entries, Entries]:

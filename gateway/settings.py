@@ -13,6 +13,12 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DURABLE_COMMIT = "-c synchronous_commit=on"
+"""Connection options of the workers that acknowledge a stream entry once its commit returns (ingest,
+geofence): that commit must be on disk by then, whatever the server's default. With
+`synchronous_commit = off` a crash of PostgreSQL loses the last fraction of a second of commits,
+whose entries would already be gone from the stream."""
+
 
 class Settings(BaseSettings):
     """Where the servers are and how the services behave.

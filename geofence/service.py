@@ -35,6 +35,7 @@ import redis
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import Telemetry
 from gateway.redis_client import stream_client
+from gateway.settings import DURABLE_COMMIT
 from gateway.wire import FIELD, decode_entry
 from geofence import store
 from geofence.batch import PositionBatch
@@ -318,8 +319,9 @@ class GeofenceWorker:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
-                self._database_url, autocommit=True, connect_timeout=5, application_name=f"fleet {self._consumer}"[:63]
-            )
+                self._database_url, autocommit=True, connect_timeout=5, application_name=f"fleet {self._consumer}"[:63],
+                options=DURABLE_COMMIT,  # positions are acknowledged after the commit, as in ingest
+            )  # fmt: skip
         return self._conn
 
     def _retry(self, stop: threading.Event, action: Callable[[], T]) -> T | None:

@@ -29,6 +29,7 @@ from psycopg import errors
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
 from gateway.redis_client import stream_client
+from gateway.settings import DURABLE_COMMIT
 from gateway.wire import FIELD, RECORD_BYTES, decode_entry
 from ingest.livestate import LiveState, latest_patches
 from ingest.store import DeadRow, DeviceKeys, WritePlan, WriteResult, telemetry_rows, write_batch
@@ -190,8 +191,9 @@ class IngestWorker:
     def _write(self, batch: _Batch) -> WriteResult:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
-                self._database_url, connect_timeout=5, application_name=f"fleet {self._consumer}"[:63]
-            )
+                self._database_url, connect_timeout=5, application_name=f"fleet {self._consumer}"[:63],
+                options=DURABLE_COMMIT,
+            )  # fmt: skip
             self._plan = WritePlan()
         try:
             keys = self._keys.keys_for(self._conn, batch.records)

@@ -106,3 +106,15 @@ def _pending(endpoints: Endpoints) -> int:
         return int(client.xlen("fleet:ingest"))
     finally:
         client.close()
+
+
+def test_ingest_commits_durably_whatever_the_server_default(clean: Endpoints) -> None:
+    """The worker acknowledges entries once the commit returns, so that commit must be flushed. The
+    local stack's default is `synchronous_commit = off`; the worker's sessions override it."""
+    creds = register(clean, ["bike-d"])
+    with services(clean) as running, device_client(clean, "bike-d", creds["bike-d"]) as bike:
+        publish_all(bike, [("fleet/bike-d/telemetry", _report("bike-d", datetime.now(UTC), 52.5, 13.4))])
+        wait_for(lambda: scalar(clean.database_url, OURS, ["bike-d"]) == 1, what="the row")
+        worker_setting = running.ingest._conn.execute("SHOW synchronous_commit").fetchone()  # type: ignore[union-attr]
+    assert scalar(clean.database_url, "SHOW synchronous_commit") == "off"
+    assert worker_setting == ("on",)

@@ -34,7 +34,7 @@ import redis
 
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import Telemetry
-from gateway.redis_client import stream_client
+from gateway.redis_client import Entries, GroupReader, stream_client
 from gateway.settings import DURABLE_COMMIT
 from gateway.wire import FIELD, decode_entry
 from geofence import store
@@ -49,7 +49,6 @@ from geofence.zoneset import ZoneSet
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 POSITIONS_STREAM = "fleet:positions"  # written by ingest.service after each commit
 GROUP = "geofence"
@@ -105,9 +104,10 @@ class GeofenceWorker:
         self._redis = stream_client(redis_url)
         self._database_url = database_url
         self._conn: psycopg.Connection | None = None
-        self._consumer = consumer or geofence_consumer_name()
-        self._count = batch_entries
-        self._claim_idle_ms = claim_idle_ms
+        self._reader = GroupReader(
+            self._redis, POSITIONS_STREAM, GROUP, consumer or geofence_consumer_name(), count=batch_entries,
+            block_ms=BLOCK_MS, claim_idle_ms=claim_idle_ms, claim_check_s=CLAIM_CHECK_S,
+        )  # fmt: skip
         self._tparams = transition_params or TransitionParams()
         self._trip_params = trip_params or TripParams()
         self._zones = ZoneSet(hysteresis_m=hysteresis_m)
@@ -115,59 +115,30 @@ class GeofenceWorker:
         self._zones_due = 0.0
         self._rollup_due = 0.0
         self._rollup_from: float | None = None
-        self._own_pending = True
-        self._claim_due = 0.0
         self._warn = RateLimitedLog(log)
         self.stats = GeofenceStats()
 
     @property
     def consumer(self) -> str:
-        return self._consumer
+        return self._reader.consumer
 
     @property
     def zones(self) -> ZoneSet:
         return self._zones
 
-    def ensure_group(self) -> bool:
-        try:
-            self._redis.xgroup_create(POSITIONS_STREAM, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        return True
-
     def run(self, stop: threading.Event) -> None:
-        self._retry(stop, self.ensure_group)
+        self._retry(stop, self._reader.ensure_group)
         try:
             while not stop.is_set():
                 if self._retry(stop, self._housekeeping) is None:
                     break
-                entries = self._retry(stop, self._read)
+                entries = self._retry(stop, self._reader.read)
                 if entries:
                     self._process(entries, stop)
         finally:
             if self._conn is not None:
                 self._conn.close()
             self._redis.close()
-
-    # -- reading ------------------------------------------------------------------------------------
-    def _read(self) -> Entries:
-        if self._own_pending:  # entries an earlier run under this name read but never acknowledged
-            mine = self._redis.xreadgroup(GROUP, self._consumer, {POSITIONS_STREAM: "0"}, count=self._count)
-            if mine and mine[0][1]:
-                return mine[0][1]
-            self._own_pending = False
-        if time.monotonic() >= self._claim_due:
-            _next, claimed, *_ = self._redis.xautoclaim(
-                POSITIONS_STREAM, GROUP, self._consumer, self._claim_idle_ms, "0-0", count=self._count
-            )
-            if claimed:
-                return claimed
-            self._claim_due = time.monotonic() + CLAIM_CHECK_S
-        reply = self._redis.xreadgroup(
-            GROUP, self._consumer, {POSITIONS_STREAM: ">"}, count=self._count, block=BLOCK_MS
-        )
-        return reply[0][1] if reply else []
 
     def _records(self, entries: Entries) -> list[Telemetry]:
         records: list[Telemetry] = []
@@ -319,7 +290,7 @@ class GeofenceWorker:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
-                self._database_url, autocommit=True, connect_timeout=5, application_name=f"fleet {self._consumer}"[:63],
+                self._database_url, autocommit=True, connect_timeout=5, application_name=f"fleet {self.consumer}"[:63],
                 options=DURABLE_COMMIT,  # positions are acknowledged after the commit, as in ingest
             )  # fmt: skip
         return self._conn

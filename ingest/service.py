@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from psycopg import errors
 
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
-from gateway.redis_client import stream_client
+from gateway.redis_client import Entries, GroupReader, stream_client
 from gateway.settings import DURABLE_COMMIT
 from gateway.wire import FIELD, RECORD_BYTES, decode_entry
 from ingest.livestate import LiveState, latest_patches
@@ -37,7 +36,6 @@ from ingest.store import DeadRow, DeviceKeys, WritePlan, WriteResult, telemetry_
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 BLOCK_MS = 200
 POSITIONS_STREAM = "fleet:positions"  # committed batches, for the geofence/trip worker
@@ -87,31 +85,24 @@ class IngestWorker:
         self._keys = DeviceKeys()
         self._stream = stream_key
         self._group = group
-        self._count = batch_entries
-        self._consumer = consumer or ingest_consumer_name()
-        self._claim_idle_ms = claim_idle_ms
-        self._own_pending = True  # first read: our own entries left pending by an earlier run
-        self._claim_due = 0.0
+        self._reader = GroupReader(
+            self._redis, stream_key, group, consumer or ingest_consumer_name(), count=batch_entries,
+            block_ms=BLOCK_MS, claim_idle_ms=claim_idle_ms, claim_check_s=CLAIM_CHECK_S,
+        )  # fmt: skip
         self._live = LiveState(self._redis)
         self._warn = RateLimitedLog(log)
         self.stats = IngestStats()
 
     @property
     def consumer(self) -> str:
-        return self._consumer
-
-    def ensure_group(self) -> None:
-        try:
-            self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        return self._reader.consumer
 
     def run(self, stop: threading.Event) -> None:
-        self._retry(stop, self.ensure_group)
+        self._retry(stop, self._reader.ensure_group)
         try:
             while not stop.is_set():
-                entries = self._retry(stop, self._read)
+                entries = self._retry(stop, self._reader.read)
+                self.stats.claimed = self._reader.claimed
                 while entries and not stop.is_set():
                     chunk, entries = _split(entries, MAX_ROWS)
                     self._process(chunk, stop)
@@ -122,37 +113,8 @@ class IngestWorker:
             s = self.stats
             log.info(
                 "ingest %s stopped: %d entries, %d rows inserted, %d duplicates folded, %d entries claimed",
-                *(self._consumer, s.entries, s.inserted, s.duplicates, s.claimed),
+                *(self.consumer, s.entries, s.inserted, s.duplicates, s.claimed),
             )
-
-    # -- reading ------------------------------------------------------------------------------------
-    def _read(self) -> Entries:
-        if self._own_pending:
-            mine = self._redis.xreadgroup(self._group, self._consumer, {self._stream: "0"}, count=self._count)
-            pending = mine[0][1] if mine else []
-            if pending:
-                return pending
-            self._own_pending = False
-        if time.monotonic() >= self._claim_due:
-            claimed = self._claim()
-            if claimed:
-                return claimed
-        reply = self._redis.xreadgroup(
-            self._group, self._consumer, {self._stream: ">"}, count=self._count, block=BLOCK_MS
-        )
-        return reply[0][1] if reply else []
-
-    def _claim(self) -> Entries:
-        """Entries another consumer has held for too long (it died): ours now."""
-        _next, claimed, *_ = self._redis.xautoclaim(
-            self._stream, self._group, self._consumer, self._claim_idle_ms, "0-0", count=self._count
-        )
-        if claimed:
-            self.stats.claimed += len(claimed)
-            log.info("%s took over %d entries idle for %d ms", self._consumer, len(claimed), self._claim_idle_ms)
-        else:
-            self._claim_due = time.monotonic() + min(CLAIM_CHECK_S, self._claim_idle_ms / 3000)
-        return claimed
 
     # -- processing ---------------------------------------------------------------------------------
     def _process(self, entries: Entries, stop: threading.Event) -> None:
@@ -191,7 +153,7 @@ class IngestWorker:
     def _write(self, batch: _Batch) -> WriteResult:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
-                self._database_url, connect_timeout=5, application_name=f"fleet {self._consumer}"[:63],
+                self._database_url, connect_timeout=5, application_name=f"fleet {self.consumer}"[:63],
                 options=DURABLE_COMMIT,
             )  # fmt: skip
             self._plan = WritePlan()

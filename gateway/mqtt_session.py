@@ -65,11 +65,10 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + encode_varint(len(body)) + body
 
 
-def connect_packet(
-    client_id: str, username: str | None, password: str | None, *, keepalive: int, session_expiry_s: int,
-    receive_maximum: int,
-) -> bytes:  # fmt: skip
-    flags = 0  # clean start off: the broker keeps our subscriptions and unacknowledged messages
+def connect_payload(client_id: str, username: str | None, password: str | None) -> tuple[int, bytes]:
+    """CONNECT's credential flags and payload, alike in MQTT 3.1.1 and 5 (also used by the simulators'
+    load publisher)."""
+    flags = 0
     payload = encode_string(client_id)
     if username is not None:
         flags |= 0x80
@@ -77,6 +76,15 @@ def connect_packet(
         if password is not None:
             flags |= 0x40
             payload += encode_string(password)
+    return flags, payload
+
+
+def connect_packet(
+    client_id: str, username: str | None, password: str | None, *, keepalive: int, session_expiry_s: int,
+    receive_maximum: int,
+) -> bytes:  # fmt: skip
+    # Clean start stays off: the broker keeps our subscriptions and unacknowledged messages.
+    flags, payload = connect_payload(client_id, username, password)
     props = b"\x11" + struct.pack("!I", session_expiry_s) + b"\x21" + struct.pack("!H", receive_maximum)
     body = encode_string("MQTT") + bytes([5, flags]) + struct.pack("!H", keepalive) + encode_varint(len(props)) + props
     return _packet(0x10, body + payload)
@@ -164,16 +172,7 @@ class MqttSession:
 
     def close(self) -> None:
         """Leave the session open at the broker (a normal DISCONNECT keeps a persistent session)."""
-        if self._sock is None:
-            return
-        try:
-            self._sock.setblocking(True)
-            self._sock.settimeout(1.0)
-            self._sock.sendall(b"\xe0\x00")
-        except OSError:
-            pass
-        self._sock.close()
-        self._sock = None
+        self._disconnect(b"\xe0\x00")
 
     def unsubscribe(self, filters: Sequence[str]) -> None:
         """The broker stops assigning new messages to this session; those already queued still come."""
@@ -181,12 +180,16 @@ class MqttSession:
 
     def end(self) -> None:
         """Close and delete the session at the broker, with anything still queued in it."""
+        self._disconnect(END_SESSION)
+
+    def _disconnect(self, packet: bytes) -> None:
+        """Send DISCONNECT (best effort: the broker may be gone already) and close the socket."""
         if self._sock is None:
             return
         try:
             self._sock.setblocking(True)
             self._sock.settimeout(1.0)
-            self._sock.sendall(END_SESSION)
+            self._sock.sendall(packet)
         except OSError:
             pass
         self._sock.close()

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from gateway.mqtt_session import encode_string, encode_varint
+from gateway.mqtt_session import connect_payload, encode_string, encode_varint
 
 CONNACK, PUBACK = 2, 4
 
@@ -26,14 +26,8 @@ class WireError(ConnectionError):
 
 
 def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int) -> bytes:
-    flags = 0x02  # clean session
-    payload = encode_string(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += encode_string(username)
-        if password is not None:
-            flags |= 0x40
-            payload += encode_string(password)
+    flags, payload = connect_payload(client_id, username, password)
+    flags |= 0x02  # clean session
     body = encode_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
     return b"\x10" + encode_varint(len(body)) + body
 

@@ -52,6 +52,7 @@ from ingest_load import STALL_S, Plan, PubResult, baseline, publish, publish_onc
 
 from gateway.settings import MqttTarget  # noqa: E402
 from ingest.service import POSITIONS_STREAM  # noqa: E402
+from ingest.store import stored_counts  # noqa: E402
 
 POLL_S = 0.05
 WINDOW = 500  # sample keys looked up per poll
@@ -145,16 +146,6 @@ def consume_positions(client: redis.Redis) -> None:
             client.xtrim(POSITIONS_STREAM, maxlen=0)
     except redis.ResponseError:  # no such stream yet
         pass
-
-
-def stored_rows(database_url: str, prefix: str) -> tuple[int, int]:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*), count(DISTINCT (device_id, time)) FROM telemetry WHERE device_id LIKE %s",
-            (prefix + "%",),
-        ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
 
 
 # -- CPU accounting -----------------------------------------------------------------------------------
@@ -314,7 +305,7 @@ def run_pipeline(plan: Plan, servers: Servers, gateways: int, workers: int, logs
         cpu["gateways"] = sum(process_cpu(p.pid) - cpu0.get(str(p.pid), 0.0) for p in gws)
         cpu["ingest"] = sum(process_cpu(p.pid) - cpu0.get(str(p.pid), 0.0) for p in ingest)
         cpu["publishers"] = sum(r.cpu_s for r in results)
-        rows, distinct = stored_rows(servers.database_url, plan.prefix + "d")
+        rows, distinct = stored_counts(servers.database_url, plan.prefix + "d")
         total = min(rows, plan.records)
         t10, t90 = progress.time_at(int(total * 0.1)), progress.time_at(int(total * 0.9))
         return Outcome(
@@ -339,7 +330,7 @@ def warm_up(servers: Servers, plan: Plan, logs: Path) -> None:
     warm = {"v": 1, "ts": time.time() - 60, "lat": 52.5, "lon": 13.4}
     publish_once(servers.mqtt_url, f"{plan.prefix}warm", f"fleet/{plan.prefix}warm/telemetry", orjson.dumps(warm))
     deadline = time.monotonic() + 30
-    while not stored_rows(servers.database_url, f"{plan.prefix}warm")[0]:
+    while not stored_counts(servers.database_url, f"{plan.prefix}warm")[0]:
         if time.monotonic() > deadline:
             raise SystemExit(f"the warm-up record was not stored; see the logs in {logs}")
         time.sleep(0.05)

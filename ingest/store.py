@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 
 import psycopg
 from psycopg import errors, pq
@@ -129,12 +130,8 @@ def telemetry_rows(
     inserts then land on the same index leaf, and PostgreSQL packs the pages that a device's rising
     times fill instead of splitting them in half: a smaller index, fewer splits."""
     rows = list(map(telemetry_row, records, received_at, keys))
-    rows.sort(key=_by_key)
+    rows.sort(key=itemgetter(KEY))
     return rows
-
-
-def _by_key(row: tuple[object, ...]) -> object:
-    return row[KEY]
 
 
 def telemetry_row(record: Telemetry, received_at: datetime, key: int) -> tuple[object, ...]:
@@ -190,3 +187,16 @@ def _copy(conn: psycopg.Connection, statement: str, rows: Sequence[tuple[object,
         copy.set_types(TYPES)
         for row in rows:
             copy.write_row(row)
+
+
+def stored_counts(database_url: str, id_prefix: str) -> tuple[int, int]:
+    """(rows, distinct (device, time)) for the devices whose id starts with `id_prefix`: what the
+    benchmark and the fault tests compare with what was accepted (loss) and with each other
+    (duplicates, which the unique index should make impossible)."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT (device_id, time)) FROM telemetry WHERE device_id LIKE %s",
+            (id_prefix + "%",),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])

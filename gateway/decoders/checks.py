@@ -1,10 +1,19 @@
 """Plausibility rules shared by every payload format, so JSON, NMEA and OwnTracks agree on what a
-storable record is. Each rule raises `DecodeError` with a stable reason code."""
+storable record is. Each rule raises `DecodeError` with a stable reason code.
+
+`BOUNDS` is the one table of numeric limits: every format checks every `Telemetry` field against it
+(JSON v1 as msgspec constraints built from it, NMEA and OwnTracks through `bounded`). Each limit lies
+inside what its PostgreSQL column holds (`real` to about 3.4e38, `smallint` to 32767), so a record
+that passes can always be stored: a value the column cannot hold would fail the whole COPY batch.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from gateway.records import DecodeError
 
@@ -13,6 +22,63 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 FUTURE_TOLERANCE_S = 300.0
 MAX_SPEED_KMH = 400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """`low <= value <= high` (or `< high` when `high_open`), in the `Telemetry` field's unit."""
+
+    low: float
+    high: float
+    high_open: bool = False
+    column: str = "real"  # the PostgreSQL type that stores it: the limits must lie inside its range
+
+
+BOUNDS: dict[str, Bound] = {
+    "altitude_m": Bound(-1000.0, 100_000.0),
+    "speed_kmh": Bound(0.0, MAX_SPEED_KMH, high_open=True),
+    "heading_deg": Bound(0.0, 360.0, high_open=True),
+    "accuracy_m": Bound(0.0, 1e7),
+    "satellites": Bound(0, 255, column="smallint"),  # a receiver tracks at most a few dozen
+    "hdop": Bound(0.0, 1000.0),  # receivers say 99.99 for "unknown"; negative is never a DOP
+    "battery_pct": Bound(0.0, 100.0),
+    "odometer_m": Bound(0.0, 1e10, column="double precision"),
+}
+"""Keyed by `Telemetry` field name. lat/lon are checked by `position`, which also knows (0, 0)."""
+
+
+N = TypeVar("N", bound=float | None)
+
+
+def bounded(name: str, value: N, label: str | None = None) -> N:
+    """Check a `Telemetry` field against `BOUNDS`; `label` is the format's own name for the detail."""
+    if value is not None:
+        b = BOUNDS[name]
+        in_range(label or name, value, b.low, b.high, high_open=b.high_open)
+    return value
+
+
+# C0 and C1 control characters (NUL included) and lone surrogates: PostgreSQL `text` refuses NUL,
+# msgpack and UTF-8 refuse surrogates, and none of them is ever part of a fault code or a message.
+_BAD_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_CHAR_FREE_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def text(name: str, value: str, *, free_text: bool = False) -> str:
+    """Refuse a string the database cannot hold or a reader would be misled by (`bad_string`).
+    `free_text` (a human message) may hold tab, newline and carriage return."""
+    m = (_BAD_CHAR_FREE_TEXT if free_text else _BAD_CHAR).search(value)
+    if m is not None:
+        raise DecodeError("bad_string", f"{name} holds control character U+{ord(m[0]):04X} at {m.start()}")
+    return value
+
+
+def printable(value: str) -> str:
+    """The same string with every control character and lone surrogate escaped as `\\xNN`/`\\uNNNN`:
+    for text we keep whatever it holds (dead-letter topics and details), never for device data."""
+    if _BAD_CHAR_FREE_TEXT.search(value) is None:
+        return value
+    return _BAD_CHAR_FREE_TEXT.sub(lambda m: m[0].encode("unicode_escape", "backslashreplace").decode(), value)
 
 
 def finite(name: str, value: float | None) -> float | None:

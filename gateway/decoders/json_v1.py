@@ -27,7 +27,7 @@ import msgspec
 from msgspec import Meta
 
 from gateway.decoders import checks
-from gateway.decoders.jsonwire import decode_struct
+from gateway.decoders.jsonwire import check_depth, decode_struct
 from gateway.decoders.results import Decoded, Reject
 from gateway.records import DecodeError, Source, Telemetry
 
@@ -66,27 +66,43 @@ class Message(Record, frozen=True):
     records: list[msgspec.Raw] | None = None
 
 
-FaultCode = Annotated[str, Meta(min_length=1, max_length=MAX_FAULT_LEN)]
+def _bounded(field: str, kind: type = float) -> object:
+    """The msgspec type of a numeric field, constrained by the shared table (`checks.BOUNDS`)."""
+    b = checks.BOUNDS[field]
+    meta = Meta(ge=kind(b.low), lt=kind(b.high)) if b.high_open else Meta(ge=kind(b.low), le=kind(b.high))
+    return Annotated[kind, meta]  # type: ignore[valid-type]
+
+
+# No control characters: the fast path refuses them in C; the exact path names them (`bad_string`).
+FaultCode = Annotated[str, Meta(min_length=1, max_length=MAX_FAULT_LEN, pattern="^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
+Altitude = _bounded("altitude_m")
+Speed = _bounded("speed_kmh")
+Heading = _bounded("heading_deg")
+Accuracy = _bounded("accuracy_m")
+Satellites = _bounded("satellites", int)
+Hdop = _bounded("hdop")
+Battery = _bounded("battery_pct")
+Odometer = _bounded("odometer_m")
 
 
 class Checked(msgspec.Struct, frozen=True):
-    """`Record` with the v1 range rules as constraints: the fast path's type, and the only place the
-    limits are written down (units: degrees, metres, km/h, percent)."""
+    """`Record` with the v1 rules as constraints: the fast path's type. The limits come from
+    `checks.BOUNDS`, shared with every format (units: degrees, metres, km/h, percent)."""
 
     v: Literal[1] | None = None
     id: str | None = None
     ts: str | float | None = None
     lat: Annotated[float, Meta(ge=-90.0, le=90.0)] | None = None
     lon: Annotated[float, Meta(ge=-180.0, le=180.0)] | None = None
-    alt_m: Annotated[float, Meta(ge=-1000.0, le=100_000.0)] | None = None
-    speed_kmh: Annotated[float, Meta(ge=0.0, lt=checks.MAX_SPEED_KMH)] | None = None
-    heading_deg: Annotated[float, Meta(ge=0.0, lt=360.0)] | None = None
-    acc_m: Annotated[float, Meta(ge=0.0, le=1e7)] | None = None
+    alt_m: Altitude | None = None  # type: ignore[valid-type]
+    speed_kmh: Speed | None = None  # type: ignore[valid-type]
+    heading_deg: Heading | None = None  # type: ignore[valid-type]
+    acc_m: Accuracy | None = None  # type: ignore[valid-type]
     fix: Fix | None = None
-    sats: Annotated[int, Meta(ge=0, le=255)] | None = None
-    hdop: Annotated[float, Meta(ge=0.0, le=1000.0)] | None = None
-    battery_pct: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
-    odometer_m: Annotated[float, Meta(ge=0.0, le=1e10)] | None = None
+    sats: Satellites | None = None  # type: ignore[valid-type]
+    hdop: Hdop | None = None  # type: ignore[valid-type]
+    battery_pct: Battery | None = None  # type: ignore[valid-type]
+    odometer_m: Odometer | None = None  # type: ignore[valid-type]
     locked: bool | None = None
     faults: Annotated[list[FaultCode], Meta(max_length=MAX_FAULTS)] | None = None
 
@@ -118,6 +134,7 @@ _fromisoformat = datetime.fromisoformat
 
 
 def decode_json(payload: bytes, device_id: str, *, now: datetime, tolerance_s: float) -> Decoded:
+    check_depth(payload)  # before any parser recurses
     fast = _decode_fast(payload, device_id, _latest(now, tolerance_s))
     return fast if fast is not None else decode_json_exact(payload, device_id, now=now, tolerance_s=tolerance_s)
 
@@ -273,3 +290,5 @@ def _check_ranges(rec: Record) -> None:
             raise DecodeError("out_of_range", f"{len(rec.faults)} fault codes, at most {MAX_FAULTS}")
         if any(not f or len(f) > MAX_FAULT_LEN for f in rec.faults):
             raise DecodeError("out_of_range", f"fault codes must be 1..{MAX_FAULT_LEN} characters")
+        for i, code in enumerate(rec.faults):
+            checks.text(f"faults[{i}]", code)

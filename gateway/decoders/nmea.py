@@ -137,13 +137,16 @@ def _fix(epoch: list[Observation], when: datetime, device_id: str, *, now: datet
     motion = [o for o in epoch if o.kind in ("RMC", "VTG") and o.verdict != "no_fix"]
     speed = next((o.speed_kmh for o in motion if o.speed_kmh is not None), None)
     heading = next((o.heading_deg for o in motion if o.heading_deg is not None), None)
-    checks.in_range("speed", speed, 0.0, checks.MAX_SPEED_KMH, high_open=True)
-    checks.in_range("course", heading, 0.0, 360.0)
     gga = next((o for o in valid if o.kind == "GGA"), None)
-    altitude = gga.altitude_m if gga else None
-    checks.in_range("altitude", altitude, -1000.0, 100_000.0)
     hdop = gga.hdop if gga and gga.hdop is not None else _first(o.hdop for o in epoch if o.kind == "GSA")
-    satellites = gga.satellites if gga else None
+    # The bounds every format shares; an epoch with an impossible value (a course over 360, 300
+    # satellites, a negative HDOP) is refused whole as `out_of_range`: its receiver is not reporting
+    # a measurement. A course of exactly 360 is north.
+    checks.bounded("speed_kmh", speed, "speed")
+    checks.bounded("heading_deg", 0.0 if heading == 360.0 else heading, "course")
+    altitude = checks.bounded("altitude_m", gga.altitude_m if gga else None, "altitude")
+    satellites = checks.bounded("satellites", gga.satellites if gga else None)
+    checks.bounded("hdop", hdop)
     return Telemetry(
         device_id=device_id,
         time=when,
@@ -152,7 +155,7 @@ def _fix(epoch: list[Observation], when: datetime, device_id: str, *, now: datet
         lon=best.lon,
         altitude_m=altitude,
         speed_kmh=speed,
-        heading_deg=None if heading is None else heading % 360.0,
+        heading_deg=None if heading is None else heading % 360.0,  # 360 -> 0
         fix=_fix_dimension(epoch, gga),
         satellites=satellites,
         hdop=hdop,

@@ -30,6 +30,7 @@ _LINE = re.compile(
     rb"\$(?P<body>(?P<talker>[A-Z]{2})(?P<kind>[A-Z]{3})[\x20-\x23\x25-\x29\x2b-\x7e]*)"
     rb"(?:\*(?P<cs>[0-9A-Fa-f]{2}))?"
 )
+_ENCAPSULATED = re.compile(rb"![A-Z]{5},")  # AIS and other `!` sentences: never a position of ours
 _TIME = re.compile(r"(\d{2})(\d{2})(\d{2})(?:\.(\d{1,9}))?")
 _COORD = re.compile(r"(\d{1,3})(\d{2}(?:\.\d+)?)")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -60,11 +61,21 @@ class Observation:
 
 
 def read_line(line: bytes) -> Observation | None:
-    """Parse one line; None for a valid sentence we do not use (GSV, GST, proprietary `$P...`).
+    """Parse one line; None for a valid sentence we do not use (GSV, GST, proprietary `$P...`,
+    encapsulated `!AIVDM...`).
 
     Proprietary sentences are skipped unverified: several chipsets emit them without a checksum
-    (MTK's `$POLYN`) and they never carry a position we use.
+    (MTK's `$POLYN`) and they never carry a position we use. Bytes before the sentence (a doubled
+    `$$GNRMC` from some receivers, the noise of a serial line waking up) are dropped: a sentence's
+    body never holds a `$`, so the last `$` is the only one that can start a valid sentence.
     """
+    if line[:1] != b"$" or line[:2] == b"$$":
+        start = line.rfind(b"$")
+        if start < 0:
+            if _ENCAPSULATED.search(line):
+                return None
+        elif _LINE.fullmatch(line, start) is not None:
+            line = line[start:]
     if line.startswith(b"$P"):
         return None
     if len(line) > MAX_LINE:

@@ -69,7 +69,13 @@ class Telemetry(msgspec.Struct, frozen=True, array_like=True):
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message we refused, kept with its raw bytes so nothing accepted-or-not is silently gone."""
+    """A message (or the parts of one) we refused, kept with its raw bytes so nothing accepted-or-not
+    is silently gone. Built by `gateway.deadletters.letter`, which bounds it: `payload` is at most
+    the first KiB of the refused bytes, `size` their full length and `sha256` their hash (32 bytes);
+    `count` is how many lines or records of one message the letter stands for.
+
+    In the stream a letter is a map: the last three fields came later, and a letter without them
+    (from an older gateway) is read with the defaults and bounded when it is stored."""
 
     topic: str
     payload: bytes
@@ -77,6 +83,9 @@ class DeadLetter:
     received_at: datetime
     device_id: str | None = None
     detail: str = ""
+    count: int = 1
+    size: int = 0
+    sha256: bytes = b""  # empty: not bounded yet (`size` then means nothing)
 
 
 class DecodeError(ValueError):

@@ -211,6 +211,8 @@ class Gateway:
         now = datetime.now(UTC)
         messages = [RawMessage(t, p, now) for t, p in zip(inbound.topics, inbound.payloads, strict=True)]
         outcome = classify(messages, self._intake, now=now)
+        for key, text in outcome.warnings:
+            self._warn.warning(key, "%s", text)
         while True:
             try:
                 self._write(outcome)
@@ -239,6 +241,7 @@ class Gateway:
         counters = Counter({"received": len(outcome.messages), "records": len(entry.records)})
         counters.update(f"dead:{d.reason}" for d in entry.dead)
         counters.update(f"ignored:{r}" for r in outcome.ignored)
+        counters.update(outcome.counters)
         for name, n in counters.items():
             pipe.hincrby("fleet:counters", name, n)
         pipe.execute()

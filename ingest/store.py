@@ -29,6 +29,7 @@ from operator import itemgetter
 import psycopg
 from psycopg import errors, pq
 
+from gateway.deadletters import storable
 from gateway.records import DeadLetter, Telemetry
 
 COLUMNS = (
@@ -50,8 +51,9 @@ _MERGE = (
     " ON CONFLICT (device_key, time) DO NOTHING"
 )
 _DEAD = (
-    "INSERT INTO dead_letters (stream_entry, seq, received_at, topic, device_id, reason, detail, payload)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    "INSERT INTO dead_letters"
+    " (stream_entry, seq, received_at, topic, device_id, reason, detail, payload, count, size, sha256)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
 
 
@@ -169,17 +171,18 @@ def write_batch(
             inserted = conn.execute(_MERGE).rowcount
         if dead:
             with conn.cursor() as cur:
-                cur.executemany(
-                    _DEAD,
-                    [
-                        (d.stream_entry, d.seq, d.letter.received_at, d.letter.topic, d.letter.device_id,
-                         d.letter.reason, d.letter.detail, d.letter.payload)
-                        for d in dead
-                    ],
-                )  # fmt: skip
+                cur.executemany(_DEAD, [dead_row(d) for d in dead])
     result = WriteResult(staged=len(rows), inserted=inserted, dead_letters=len(dead), merged=merged)
     plan.after(result)
     return result
+
+
+def dead_row(dead: DeadRow) -> tuple[object, ...]:
+    """One dead_letters row, bounded and with text PostgreSQL can hold whatever the letter carries
+    (one from an older gateway, or a corrupt stream entry, may be whole; a detail may quote a NUL)."""
+    d = storable(dead.letter)
+    return (dead.stream_entry, dead.seq, d.received_at, d.topic, d.device_id, d.reason, d.detail, d.payload,
+            d.count, d.size, d.sha256)  # fmt: skip
 
 
 def _copy(conn: psycopg.Connection, statement: str, rows: Sequence[tuple[object, ...]]) -> None:

@@ -1,6 +1,8 @@
 """Status (`fleet/{id}/status`) and command acknowledgements (`fleet/{id}/cmd/ack`).
 
 Neither is telemetry, so they have their own small decoders; both raise `DecodeError` on junk.
+The gateway checks their size like every other topic's, and an ack's JSON is bounded in depth like
+telemetry's (`jsonwire.decode_struct`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Literal
 
 import msgspec
 
+from gateway.decoders import checks
 from gateway.decoders.jsonwire import decode_struct
 from gateway.records import DecodeError
 
@@ -60,4 +63,5 @@ def decode_ack(payload: bytes) -> Ack:
     detail = wire.detail or ""
     if len(detail) > MAX_DETAIL:
         raise DecodeError("out_of_range", f"detail longer than {MAX_DETAIL} characters")
+    checks.text("detail", detail, free_text=True)  # stored later; a human message may span lines
     return Ack(wire.id, wire.status, detail)

@@ -11,6 +11,9 @@ The gateway's interface:
   an epoch without a fix, one bad record in a JSON batch), it returns `Decoded(records, rejects)`:
   store the records, dead-letter each `Reject` with its own raw bytes.
 - `decode_status(payload) -> bool` and `decode_ack(payload) -> Ack` for the two control kinds.
+- What the database cannot hold is refused before a record exists: control characters in a stored
+  string (`bad_string`), numbers outside `checks.BOUNDS` (`out_of_range`), and JSON nested deeper
+  than `jsonwire.MAX_DEPTH` (`too_deep`, checked on the bytes before any parser recurses).
 - `IGNORED_REASONS`: reasons that are normal traffic, to be counted and not dead-lettered
   (`not_a_location`: OwnTracks lwt/transition/waypoint...; `no_fix`: a receiver without a fix yet,
   which an NMEA tracker indoors reports every second).
@@ -69,6 +72,8 @@ REASONS = frozenset(
         "empty",
         "too_many_records",
         "not_a_location",
+        "bad_string",
+        "too_deep",
     }
 )
 """Every reason a decoder can give; stable, used as dead-letter reasons and counter labels."""

@@ -71,11 +71,10 @@ def read_line(line: bytes) -> Observation | None:
     """
     if line[:1] != b"$" or line[:2] == b"$$":
         start = line.rfind(b"$")
-        if start < 0:
-            if _ENCAPSULATED.search(line):
-                return None
-        elif _LINE.fullmatch(line, start) is not None:
+        if start > 0:
             line = line[start:]
+        elif start < 0 and _ENCAPSULATED.search(line):
+            return None
     if line.startswith(b"$P"):
         return None
     if len(line) > MAX_LINE:

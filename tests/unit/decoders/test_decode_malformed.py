@@ -73,6 +73,25 @@ CORPUS: list[tuple[str, str, bytes, str]] = [
     ("owntracks lwt", OT, b'{"_type":"lwt","tst":1748779000}', "not_a_location"),
     ("owntracks no type", OT, b'{"lat":1,"lon":1}', "bad_schema"),
     ("nmea blank", N, b"\r\n\r\n", "empty"),
+    # what PostgreSQL cannot hold, or a parser cannot read safely
+    (
+        "NUL in a fault code",
+        T,
+        b'{"v":1,"ts":' + TS.encode() + b',"lat":52.5,"lon":13.4,"faults":["E\\u0000"]}',
+        "bad_string",
+    ),
+    ("escape in a fault code", T, b'{"v":1,"ts":' + TS.encode() + b',"faults":["\\u001b[31m"]}', "bad_string"),
+    ("DEL in a fault code", T, b'{"v":1,"ts":' + TS.encode() + b',"faults":["E\x7f"]}', "bad_string"),
+    ("C1 NEL in a fault code", T, b'{"v":1,"ts":' + TS.encode() + b',"faults":["E\xc2\x85"]}', "bad_string"),
+    ("lone surrogate", T, b'{"v":1,"ts":' + TS.encode() + b',"faults":["\\ud800"]}', "bad_json"),
+    ("1000 arrays deep", T, b'{"v":1,"ts":' + TS.encode() + b',"x":' + b"[" * 1000 + b"]" * 1000 + b"}", "too_deep"),
+    ("1000 objects deep", T, b'{"v":1,"x":' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}", "too_deep"),
+    ("1000 unclosed", T, b"[" * 1000, "too_deep"),
+    ("owntracks deep", OT, b'{"_type":"location","x":' + b"[" * 1000 + b"]" * 1000 + b"}", "too_deep"),
+    ("owntracks string tst", OT, b'{"_type":"location","lat":1,"lon":1,"tst":"1748779000"}', "bad_schema"),
+    ("owntracks batt 101", OT, b'{"_type":"location","lat":1,"lon":1,"tst":1748779000,"batt":101}', "out_of_range"),
+    ("sats 256", T, b'{"v":1,"ts":' + TS.encode() + b',"sats":256}', "out_of_range"),
+    ("hdop negative", T, b'{"v":1,"ts":' + TS.encode() + b',"hdop":-1}', "out_of_range"),
 ]
 
 

@@ -235,3 +235,15 @@ def test_speeds_agree_with_gpsd_where_the_receiver_reports_speed() -> None:
                 assert record.speed_kmh / 3.6 == pytest.approx(gpsd.speed_mps, abs=6e-4), (name, record)
                 compared += 1
     assert compared > 100
+
+
+@pytest.mark.parametrize("junk", [b"$", b"\x00\xff", b"\r\x00$GP"])
+@pytest.mark.parametrize("name", CAPTURES)
+def test_bytes_before_each_sentence_change_nothing(name: str, junk: bytes) -> None:
+    """Receivers that double the `$` (`$$GNRMC`) or wake a serial line with noise: the same fixes and
+    the same rejects as the clean capture."""
+    clean = [_decode(chunk) for chunk in epoch_chunks(log_lines(name))]
+    noisy = [_decode(b"\r\n".join(junk + line for line in chunk.split(b"\r\n")))
+             for chunk in epoch_chunks(log_lines(name))]  # fmt: skip
+    assert [d.records for d in noisy] == [d.records for d in clean]
+    assert [[r.reason for r in d.rejects] for d in noisy] == [[r.reason for r in d.rejects] for d in clean]

@@ -169,6 +169,7 @@ class DeviceFeed:
     endpoints: Endpoints
     credentials: dict[str, str]
     rate: float  # messages per second per device
+    reconnect_s: float = 1.0  # first reconnect delay: paho's default, as firmware; small = back at once
     base: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1))
     published: int = 0
     accepted: int = 0
@@ -183,7 +184,7 @@ class DeviceFeed:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
             client.username_pw_set(device_id, password)
             client.max_inflight_messages_set(100)
-            client.reconnect_delay_set(min_delay=1, max_delay=4)  # paho's default first delay, as firmware
+            client.reconnect_delay_set(min_delay=self.reconnect_s, max_delay=max(4 * self.reconnect_s, 0.1))  # type: ignore[arg-type]
             client.on_publish = self._on_publish
             connected = threading.Event()
             client.on_connect = lambda *_a, ev=connected: ev.set()

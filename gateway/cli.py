@@ -100,6 +100,13 @@ def gateway(
     retire: Annotated[
         bool, typer.Option(help="Drain and delete this instance's broker session for good, then exit.")
     ] = False,
+    shared: Annotated[
+        bool,
+        typer.Option(
+            help="Share the device topics with other gateways (MQTT 5 shared subscription). Without it one "
+            "gateway takes them all, which is what survives a broker restart losing nothing."
+        ),
+    ] = False,
 ) -> None:
     """Run a gateway process (MQTT → Redis stream). Several may run side by side with distinct ids."""
     from gateway.config import resolve
@@ -117,6 +124,7 @@ def gateway(
         settings.future_tolerance_s,
         instance,
         retire=retire,
+        shared=shared,
     )
     raise typer.Exit(code)
 

@@ -7,8 +7,9 @@ unacknowledged at the broker, which redelivers it to the persistent session; the
 uniqueness rule folds the duplicates. While a batch is being stored the broker's messages wait in
 the socket buffer; the session's receive maximum bounds how many are in flight to us.
 
-Several gateway processes share the device topics through an MQTT 5 shared subscription; each needs
-its own client id (`instance`), because the client id names the persistent session.
+One gateway subscribes to the device topics directly, which survives a broker restart (see
+`subscription_filters`); several gateway processes (`shared`) share them through an MQTT 5 shared
+subscription instead. Each needs its own client id (`instance`): it names the persistent session.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway import decoders
 from gateway.intake import Intake, Outcome, classify
 from gateway.mqtt_session import Inbound, MqttSession, SessionError
 from gateway.ratelimit import RateLimitedLog
+from gateway.deadletters import letter
 from gateway.records import RawMessage
 from gateway.redis_client import stream_client
 from gateway.settings import MqttTarget
@@ -51,10 +53,11 @@ RECEIVE_MAXIMUM = 20000  # unacknowledged QoS 1 messages the broker may have in 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue this long while we are away
 KEEPALIVE_S = 30
 REGISTRY_REFRESH_S = 1.0
+REGISTRY_KEY, REGISTRY_VERSION_KEY = "fleet:devices", "fleet:devices:version"  # written by gateway.registry
 REDIS_RETRY_S = 0.5
-# Back quickly after a broker restart: Mosquitto 2.0 does not restore shared subscriptions from its
-# persistence file, so until we subscribe again, device messages are acknowledged and delivered to
-# nobody. Devices reconnect after a second or more (paho's default); a refused connect costs little.
+# Back quickly after a broker restart: with shared subscriptions (several gateways) Mosquitto 2.0 does
+# not restore them from its persistence file, so until we subscribe again, device messages are
+# acknowledged and delivered to nobody. A refused connect costs little.
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.05, 1.0
 
 
@@ -80,6 +83,7 @@ class Gateway:
         future_tolerance_s: float,
         client_id: str | None = None,
         decode: Callable[..., decoders.Decoded] = decoders.decode,
+        shared: bool = False,
     ) -> None:
         self._target = mqtt_target
         self._redis = stream_client(redis_url)
@@ -87,6 +91,7 @@ class Gateway:
         self._client_id = client_id or f"fleet-gateway-{socket.gethostname()}"
         self._session: MqttSession | None = None
         self._connected = threading.Event()
+        self._filters, self._other_filters = subscription_filters(shared)
         self._reconnect_delay = RECONNECT_MIN_S
         self._intake = Intake(
             decode=decode, max_payload=max_payload, future_tolerance_s=future_tolerance_s, known=frozenset()
@@ -118,6 +123,11 @@ class Gateway:
                         self._flush(session, inbound, stop)
                 except SessionError as exc:
                     self._lost(exc)
+                except Exception as exc:  # never ends the loop: reconnect, the broker redelivers the batch
+                    self._warn.warning("unexpected", "gateway failed on a batch, reconnecting: %r", exc)
+                    log.debug("gateway failure", exc_info=True)
+                    self._lost(SessionError(repr(exc)))
+                    stop.wait(REDIS_RETRY_S)
                 self._refresh_registry()
         finally:
             if self._session is not None:
@@ -145,7 +155,7 @@ class Gateway:
                 return False
             session = self._connect(stop)
         try:
-            session.unsubscribe([f"$share/{SHARE_GROUP}/{t}" for t in SUBSCRIPTIONS])
+            session.unsubscribe([f for f, _o in self._filters] + self._other_filters)
             quiet_since = time.monotonic()
             while time.monotonic() - quiet_since < quiet_s:
                 if stop.is_set():
@@ -185,7 +195,10 @@ class Gateway:
             keepalive=KEEPALIVE_S, session_expiry_s=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM,
         )  # fmt: skip
         try:
-            session.connect([(f"$share/{SHARE_GROUP}/{t}", 1) for t in SUBSCRIPTIONS])
+            session.connect(self._filters)
+            # The session may hold the other mode's subscriptions from an earlier run: drop them, or
+            # every message would come twice. The UNSUBACK is read (and skipped) by `receive`.
+            session.unsubscribe(self._other_filters)
         except SessionError as exc:
             self._warn.warning("connect", "MQTT connect failed (retrying in %.1f s): %s", self._reconnect_delay, exc)
             stop.wait(self._reconnect_delay)
@@ -210,7 +223,8 @@ class Gateway:
         # One clock reading per batch: every message in it arrived within the last few milliseconds.
         now = datetime.now(UTC)
         messages = [RawMessage(t, p, now) for t, p in zip(inbound.topics, inbound.payloads, strict=True)]
-        outcome = classify(messages, self._intake, now=now)
+        self._admit_misses(messages)
+        outcome = self._classify(messages, now)
         for key, text in outcome.warnings:
             self._warn.warning(key, "%s", text)
         while True:
@@ -223,11 +237,77 @@ class Gateway:
                 session.keep_alive()
                 if stop.wait(REDIS_RETRY_S):
                     return
+            except Exception as exc:  # a record the stream format cannot carry (e.g. a lone surrogate)
+                self._warn.warning("encode", "a batch could not be written, isolating its messages: %r", exc)
+                outcome = self._isolate(messages, now)
         session.ack(inbound.mids)
         self.stats.received += len(messages)
         self.stats.accepted_records += len(outcome.entry.records)
         self.stats.dead_letters.update(d.reason for d in outcome.entry.dead)
         self.stats.flushes += 1
+
+    def _classify(self, messages: list[RawMessage], now: datetime) -> Outcome:
+        """`classify`, which never raises by contract; should a decoder break it anyway (a bug, a
+        RecursionError), the batch is classified again message by message and each message that
+        still raises becomes a dead letter: one bad message must never stop the gateway."""
+        try:
+            return classify(messages, self._intake, now=now)
+        except Exception as exc:
+            self._warn.warning("classify", "decoding a batch failed, retrying message by message: %r", exc)
+        outcome = classify([], self._intake, now=now)
+        outcome.messages = messages
+        for msg in messages:
+            try:
+                one = classify([msg], self._intake, now=now)
+            except Exception as exc:
+                route = decoders.route(msg.topic)
+                device_id = route.device_id if route else None
+                detail = f"{type(exc).__name__}: {exc}"[:200]
+                outcome.entry.dead.append(letter(msg.topic, msg.payload, "decoder_error", now, device_id, detail))
+                continue
+            _merge(outcome, one)
+        return outcome
+
+    def _isolate(self, messages: list[RawMessage], now: datetime) -> Outcome:
+        """The batch again, each message's records checked alone against the stream format; a
+        message whose records cannot be encoded becomes one dead letter with its raw bytes."""
+        outcome = self._classify([], now)
+        outcome.messages = messages
+        for msg in messages:
+            one = self._classify([msg], now)
+            try:
+                encode_entry(one.entry)
+            except Exception as exc:
+                route = decoders.route(msg.topic)
+                detail = f"{type(exc).__name__}: {exc}"[:200].encode("utf-8", "backslashreplace").decode()
+                dead = letter(msg.topic, msg.payload, "unencodable", now, route.device_id if route else None, detail)
+                outcome.entry.dead.append(dead)
+                continue
+            _merge(outcome, one)
+        return outcome
+
+    def _admit_misses(self, messages: list[RawMessage]) -> None:
+        """A device is known from the moment its registration returns, though the cached set is
+        reloaded only every `REGISTRY_REFRESH_S`: the batch's devices missing from the cache are
+        looked up in the registry (one SMISMEMBER for all of them) before any is refused. A miss
+        that is truly unknown costs one round trip per batch, not per message."""
+        known = self._intake.known
+        misses: set[str] = set()
+        for msg in messages:
+            route = decoders.route(msg.topic)
+            if route is not None and route.device_id not in known:
+                misses.add(route.device_id)
+        if not misses:
+            return
+        ids = sorted(misses)
+        try:
+            found = self._redis.smismember(REGISTRY_KEY, ids)
+        except redis.RedisError as exc:
+            self._warn.warning("registry", "cannot look up unknown devices in the registry: %s", exc)
+            return
+        admitted = {i for i, hit in zip(ids, found, strict=True) if hit}
+        if admitted:
+            self._intake = self._intake.with_known(known | admitted)
 
     def _write(self, outcome: Outcome) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -254,15 +334,47 @@ class Gateway:
             return
         self._registry_checked = now
         try:
-            version = self._redis.get("fleet:devices:version")
+            version = self._redis.get(REGISTRY_VERSION_KEY)
             if version == self._registry_version and not force:
                 return
-            members = self._redis.smembers("fleet:devices")
+            members = self._redis.smembers(REGISTRY_KEY)
         except redis.RedisError as exc:
             self._warn.warning("registry", "cannot refresh device registry: %s", exc)
             return
         self._registry_version = version
         self._intake = self._intake.with_known(frozenset(m.decode() for m in members))
+
+
+def _merge(outcome: Outcome, one: Outcome) -> None:
+    """Add one message's outcome to a batch's."""
+    outcome.entry.records.extend(one.entry.records)
+    outcome.entry.received_at.extend(one.entry.received_at)
+    outcome.entry.dead.extend(one.entry.dead)
+    outcome.status.update(one.status)
+    outcome.acks.extend(one.acks)
+    outcome.ignored.extend(one.ignored)
+    outcome.counters.update(one.counters)
+    outcome.warnings.extend(one.warnings)
+
+
+NO_RETAINED = 0x20  # subscription option "retain handling 2": no retained messages on subscribing
+
+
+def subscription_filters(shared: bool) -> tuple[list[tuple[str, int]], list[str]]:
+    """(filters with their subscription options, the other mode's filters to drop).
+
+    One gateway (the default) subscribes without `$share`: Mosquitto 2.0.11 restores a persistent
+    session's plain subscriptions from its persistence file after a restart, so messages devices
+    publish before the gateway is back queue for it; it does not restore shared subscriptions, so
+    with several gateways (`shared`) such messages reach nobody until the first gateway resubscribes
+    (docs/ARCHITECTURE.md). Retained status messages are not sent on subscribing, as with `$share`
+    (where MQTT 5 never sends them): a reconnect must not replay every device's last status.
+    """
+    plain = [(t, 1 | NO_RETAINED) for t in SUBSCRIPTIONS]
+    share = [(f"$share/{SHARE_GROUP}/{t}", 1) for t in SUBSCRIPTIONS]
+    if shared:
+        return share, [f for f, _o in plain]
+    return plain, [f for f, _o in share]
 
 
 def quiet_collector() -> None:
@@ -292,6 +404,7 @@ def run_gateway(
     instance: str | None = None,
     *,
     retire: bool = False,
+    shared: bool = False,
 ) -> int:
     """Entry point for `fleet gateway [--instance ID] [--retire]`: runs until SIGINT/SIGTERM, or with
     `retire` drains and deletes the instance's broker session; returns the process exit code."""
@@ -306,6 +419,7 @@ def run_gateway(
         max_payload=max_payload,
         future_tolerance_s=tolerance_s,
         client_id=gateway_client_id(instance),
+        shared=shared,
     )
     if retire:
         return 0 if gateway.retire(stop) else 1

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import msgspec
@@ -32,9 +33,10 @@ import orjson
 import psycopg
 import redis
 
+from gateway.poison import split_refused
 from gateway.ratelimit import RateLimitedLog
-from gateway.records import Telemetry
-from gateway.redis_client import Entries, GroupReader, stream_client
+from gateway.records import DeadLetter, Telemetry
+from gateway.redis_client import Entries, GroupReader, Quarantined, stream_client
 from gateway.settings import DURABLE_COMMIT
 from gateway.wire import FIELD, decode_entry
 from geofence import store
@@ -45,6 +47,7 @@ from geofence.transitions import TransitionParams, ZoneEvent, transitions
 from geofence.tripcursor import TripCursor, continue_trips, positions, rollup_since
 from geofence.trips import Trip, TripParams
 from geofence.zoneset import ZoneSet
+from ingest.store import DeadRow, insert_dead_letters, refusal
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ ZONE_POLL_S = 1.0  # how often the zone catalog version is compared (one tiny qu
 ROLLUP_TICK_S = 60.0  # the whole fleet's current hour is recomputed this often
 ROLLUP_CATCHUP_S = 7 * 86400.0  # on start, hours missed while no worker ran are filled back this far
 RETRY_S = 1.0
+FAILURE_PAUSE_S = 0.2  # after an unexpected failure, before reading the same entries again
 
 
 @dataclass(slots=True)
@@ -73,6 +77,8 @@ class GeofenceStats:
     events: int = 0
     trips: int = 0
     skipped: int = 0  # positions or entries refused as bad data
+    failures: int = 0  # unexpected exceptions survived
+    quarantined: int = 0  # entries that kept failing, moved to the quarantine stream
     zone_reloads: int = 0
 
 
@@ -86,6 +92,7 @@ class _Work:
     cursors: dict[str, TripCursor] = field(default_factory=dict)
     rollup_since: float | None = None
     now: float = 0.0
+    first_entry: str = ""  # the read's first stream entry: names its refused rows' dead letters
 
 
 class GeofenceWorker:
@@ -132,13 +139,50 @@ class GeofenceWorker:
             while not stop.is_set():
                 if self._retry(stop, self._housekeeping) is None:
                     break
-                entries = self._retry(stop, self._reader.read)
-                if entries:
-                    self._process(entries, stop)
+                read = self._retry(stop, self._reader.read)
+                if read is None:
+                    break
+                if read.quarantine:
+                    self._guarded(stop, lambda q=read.quarantine: self._quarantine(q, stop))
+                if read.entries:
+                    self._guarded(stop, lambda e=read.entries: self._process(e, stop))
         finally:
             if self._conn is not None:
                 self._conn.close()
             self._redis.close()
+
+    def _guarded(self, stop: threading.Event, action: Callable[[], object]) -> None:
+        """No exception ends the loop: it is logged (rate-limited), the entries stay pending and are
+        read again one at a time, and quarantined if they keep failing."""
+        try:
+            action()
+        except Exception as exc:
+            self.stats.failures += 1
+            self._warn.warning("unexpected", "geofence failed on a batch (it will be retried): %r", exc)
+            log.debug("geofence failure", exc_info=True)
+            if self._conn is not None:
+                self._conn.close()
+            self._reader.retry_pending()
+            stop.wait(FAILURE_PAUSE_S)
+
+    def _quarantine(self, entries: list[Quarantined], stop: threading.Event) -> None:
+        """Entries that failed `MAX_DELIVERIES` times: dead letters first, then the quarantine stream."""
+        now = datetime.now(UTC)
+        dead = [
+            DeadRow(f"{POSITIONS_STREAM}/{q.entry_id.decode()}", 0, DeadLetter(
+                POSITIONS_STREAM, q.fields.get(FIELD, b""), "quarantined", now,
+                detail=f"delivered {q.deliveries} times, never processed"))
+            for q in entries
+        ]  # fmt: skip
+
+        def store_dead() -> None:
+            with self._connection().transaction():
+                insert_dead_letters(self._connection(), dead)
+
+        if self._retry(stop, store_dead) is None:
+            return
+        self._retry(stop, lambda: self._reader.quarantine(entries, reason="too many deliveries"))
+        self.stats.quarantined += len(entries)
 
     def _records(self, entries: Entries) -> list[Telemetry]:
         records: list[Telemetry] = []
@@ -164,6 +208,7 @@ class GeofenceWorker:
             if loaded is None:
                 return
             work = self._compute(batch, *loaded)
+            work.first_entry = entries[0][0].decode()
             if self._retry(stop, lambda: self._write(work)) is None:
                 return  # stopping: the entries stay pending and are replayed
         if self._retry(stop, lambda: self._commit(work, [eid for eid, _ in entries])) is None:
@@ -210,19 +255,51 @@ class GeofenceWorker:
     def _write(self, work: _Work) -> int:
         conn = self._connection()
         try:
-            with conn.transaction():
-                inserted = store.insert_events(conn, work.events)
-                store.upsert_trips(conn, work.trips)
-                if work.rollup_since is not None:
-                    devices = sorted({t.device_id for t in work.trips})
-                    store.refresh_utilization(conn, work.rollup_since, work.now, devices)
+            try:
+                with conn.transaction():
+                    return self._store(conn, work, work.events, work.trips)
+            except Exception as exc:
+                if refusal(exc) is None:
+                    raise
+                self._warn.warning("db_refused", "the database refused a batch, finding its bad rows: %s", exc)
+            return self._write_refusing(conn, work)
         except psycopg.OperationalError:
             conn.close()
             raise
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:  # data the tables refuse: never stop the loop
-            self.stats.skipped += len(work.events) + len(work.trips)
-            self._warn.warning("db_refused", "geofence could not store a batch's events and trips: %s", exc)
-            return 0
+
+    def _store(self, conn: psycopg.Connection, work: _Work, events: Sequence[ZoneEvent], trips: Sequence[Trip]) -> int:
+        inserted = store.insert_events(conn, events)
+        store.upsert_trips(conn, trips)
+        if work.rollup_since is not None:
+            store.refresh_utilization(conn, work.rollup_since, work.now, sorted({t.device_id for t in trips}))
+        return inserted
+
+    def _write_refusing(self, conn: psycopg.Connection, work: _Work) -> int:
+        """Events and trips split (each try in a savepoint) until every refused row stands alone;
+        those are dead-lettered with the database's reason, the rest stored in the same transaction."""
+        rows: list[ZoneEvent | Trip] = [*work.events, *work.trips]
+        inserted = 0
+
+        def attempt(part: Sequence[ZoneEvent | Trip]) -> None:
+            nonlocal inserted
+            with conn.transaction():
+                events = [r for r in part if isinstance(r, ZoneEvent)]
+                inserted += store.insert_events(conn, events)
+                store.upsert_trips(conn, [r for r in part if isinstance(r, Trip)])
+
+        with conn.transaction():
+            split = split_refused(rows, attempt, refusal)
+            refused = split.refused_indices
+            kept_trips = [t for i, t in enumerate(work.trips, start=len(work.events)) if i not in refused]
+            self._store(conn, work, [], kept_trips)  # the rollup, over the trips that were stored
+            now = datetime.now(UTC)
+            insert_dead_letters(conn, [
+                DeadRow(f"{POSITIONS_STREAM}/{work.first_entry}", r.index, DeadLetter(
+                    POSITIONS_STREAM, repr(r.item).encode("utf-8", "backslashreplace")[:4096], "db_refused", now,
+                    r.item.device_id, r.reason))
+                for r in split.refused
+            ])  # fmt: skip
+        self.stats.skipped += len(split.refused)
         return inserted
 
     def _commit(self, work: _Work, ids: list[bytes]) -> bool:
@@ -243,13 +320,24 @@ class GeofenceWorker:
 
     # -- zones and the rollup timer -----------------------------------------------------------------
     def _housekeeping(self) -> bool:
+        """Zones and the rollup timer. A failure that is not the servers' (a stored row the code
+        cannot take) is logged and tried again at the next tick; it never stops positions."""
         mono = time.monotonic()
-        if mono >= self._zones_due:
-            self._refresh_zones()
-            self._zones_due = mono + ZONE_POLL_S
-        if mono >= self._rollup_due:
-            self._rollup_tick()
-            self._rollup_due = mono + ROLLUP_TICK_S
+        try:
+            if mono >= self._zones_due:
+                self._zones_due = mono + ZONE_POLL_S
+                self._refresh_zones()
+            if mono >= self._rollup_due:
+                self._rollup_due = mono + ROLLUP_TICK_S
+                self._rollup_tick()
+        except (redis.RedisError, psycopg.OperationalError, OSError):
+            self._zones_due = self._rollup_due = 0.0  # transient: the caller retries at once
+            raise
+        except Exception as exc:
+            self.stats.failures += 1
+            self._warn.warning("housekeeping", "geofence housekeeping failed (next tick retries): %r", exc)
+            if self._conn is not None:
+                self._conn.close()
         return True
 
     def _refresh_zones(self) -> None:

@@ -25,13 +25,25 @@ import psycopg
 import redis
 from psycopg import errors
 
+from gateway.poison import Refused
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
-from gateway.redis_client import Entries, GroupReader, stream_client
+from gateway.redis_client import Entries, GroupReader, Quarantined, stream_client
 from gateway.settings import DURABLE_COMMIT
 from gateway.wire import FIELD, RECORD_BYTES, decode_entry
 from ingest.livestate import LiveState, latest_patches
-from ingest.store import DeadRow, DeviceKeys, WritePlan, WriteResult, telemetry_rows, write_batch
+from ingest.store import (
+    DeadRow,
+    DeviceKeys,
+    WritePlan,
+    WriteResult,
+    insert_dead_letters,
+    refusal,
+    telemetry_row,
+    telemetry_rows,
+    write_batch,
+    write_refusing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,8 @@ CLAIM_IDLE_MS = 15_000  # an entry pending this long at another consumer is take
 CLAIM_CHECK_S = 5.0
 MAX_ROWS = 50_000  # rows per transaction; a read of many large entries is split
 DB_RETRY_S = 1.0
+FAILURE_PAUSE_S = 0.2  # after an unexpected failure, before reading the same entries again
+DEAD_PAYLOAD_MAX = 4096  # bytes of a refused record's text kept in its dead letter
 
 
 @dataclass(slots=True)
@@ -53,6 +67,9 @@ class IngestStats:
     duplicates: int = 0
     dead_letters: int = 0
     claimed: int = 0
+    refused: int = 0  # records the database refused for good, dead-lettered
+    quarantined: int = 0  # entries that kept failing, moved to the quarantine stream
+    failures: int = 0  # unexpected exceptions survived
 
 
 @dataclass(slots=True)
@@ -64,6 +81,7 @@ class _Batch:
     records: list[Telemetry]
     received: list[datetime]
     committed: list[bytes]  # raw entries with records, handed on to the positions stream
+    origins: list[tuple[str, int]]  # (stream entry, record's position in it) of each record
 
 
 class IngestWorker:
@@ -101,20 +119,41 @@ class IngestWorker:
         self._retry(stop, self._reader.ensure_group)
         try:
             while not stop.is_set():
-                entries = self._retry(stop, self._reader.read)
+                read = self._retry(stop, self._reader.read)
+                if read is None:
+                    break
                 self.stats.claimed = self._reader.claimed
+                if read.quarantine:
+                    self._guarded(stop, lambda q=read.quarantine: self._quarantine(q, stop))
+                entries = read.entries
                 while entries and not stop.is_set():
                     chunk, entries = _split(entries, MAX_ROWS)
-                    self._process(chunk, stop)
+                    self._guarded(stop, lambda c=chunk: self._process(c, stop))
         finally:
             if self._conn is not None:
                 self._conn.close()
             self._redis.close()
             s = self.stats
             log.info(
-                "ingest %s stopped: %d entries, %d rows inserted, %d duplicates folded, %d entries claimed",
-                *(self.consumer, s.entries, s.inserted, s.duplicates, s.claimed),
+                "ingest %s stopped: %d entries, %d rows inserted, %d duplicates folded, %d entries claimed,"
+                " %d rows refused, %d entries quarantined",
+                *(self.consumer, s.entries, s.inserted, s.duplicates, s.claimed, s.refused, s.quarantined),
             )
+
+    def _guarded(self, stop: threading.Event, action: Callable[[], object]) -> None:
+        """No exception ends the loop: an unexpected one is logged (rate-limited) and the entries
+        stay pending, to be read again one at a time and quarantined if they keep failing."""
+        try:
+            action()
+        except Exception as exc:
+            self.stats.failures += 1
+            self._warn.warning("unexpected", "ingest failed on a batch (it will be retried): %r", exc)
+            log.debug("ingest failure", exc_info=True)
+            if self._conn is not None:  # start the next try on a fresh connection, whatever its state
+                self._conn.close()
+                self._conn = None
+            self._reader.retry_pending()
+            stop.wait(FAILURE_PAUSE_S)
 
     # -- processing ---------------------------------------------------------------------------------
     def _process(self, entries: Entries, stop: threading.Event) -> None:
@@ -130,7 +169,7 @@ class IngestWorker:
         self.stats.dead_letters += result.dead_letters
 
     def _decode(self, entries: Entries) -> _Batch:
-        batch = _Batch([], [], [], [], [])
+        batch = _Batch([], [], [], [], [], [])
         for entry_id, fields in entries:
             batch.ids.append(entry_id)
             if not fields:  # deleted while pending: nothing to store
@@ -146,6 +185,7 @@ class IngestWorker:
             if entry.records:
                 batch.committed.append(fields[FIELD])
             batch.records.extend(entry.records)
+            batch.origins.extend((sid, i) for i in range(len(entry.records)))
             batch.received.extend(entry.received_at)
             batch.dead.extend(DeadRow(sid, i, letter) for i, letter in enumerate(entry.dead, start=1))
         return batch
@@ -160,13 +200,62 @@ class IngestWorker:
         try:
             keys = self._keys.keys_for(self._conn, batch.records)
             rows = telemetry_rows(batch.records, batch.received, keys)
-            return write_batch(self._conn, rows, batch.dead, self._plan)
+            try:
+                return write_batch(self._conn, rows, batch.dead, self._plan)
+            except Exception as exc:
+                if refusal(exc) is None:
+                    raise
+                self._warn.warning("refused", "the database refused a batch, finding its bad records: %s", exc)
+            return self._write_refusing(batch, keys)
         except errors.TransactionRollback:
             raise  # deadlock or serialization failure with another worker: rolled back, retry as is
         except psycopg.OperationalError:
             self._conn.close()
             self._conn = None
             raise
+
+    def _write_refusing(self, batch: _Batch, keys: list[int]) -> WriteResult:
+        """The batch again, unsorted so each row's origin is known, split until the refused rows
+        stand alone; each becomes a dead letter at its stream position (seq -1 - its index in the
+        entry, apart from the entry's own dead letters at 1, 2, ...)."""
+        assert self._conn is not None
+        rows = [telemetry_row(r, t, k) for r, t, k in zip(batch.records, batch.received, keys, strict=True)]
+        now = datetime.now(UTC)
+
+        def letters(refused: list[Refused[int]]) -> list[DeadRow]:
+            out = list(batch.dead)
+            for r in refused:
+                record, (sid, i) = batch.records[r.index], batch.origins[r.index]
+                raw = repr(record).encode("utf-8", "backslashreplace")[:DEAD_PAYLOAD_MAX]
+                letter = DeadLetter(self._stream, raw, "db_refused", now, record.device_id, r.reason)
+                out.append(DeadRow(sid, -1 - i, letter))
+            return out
+
+        result, refused = write_refusing(self._conn, rows, letters)
+        self.stats.refused += len(refused)
+        return result
+
+    def _quarantine(self, entries: list[Quarantined], stop: threading.Event) -> None:
+        """Entries that failed `MAX_DELIVERIES` times: dead letters first, then the quarantine stream."""
+        now = datetime.now(UTC)
+        dead = [
+            DeadRow(q.entry_id.decode(), 0, DeadLetter(self._stream, q.fields.get(FIELD, b""), "quarantined", now,
+                                                       detail=f"delivered {q.deliveries} times, never stored"))
+            for q in entries
+        ]  # fmt: skip
+
+        def store() -> None:
+            conn = self._conn
+            if conn is None or conn.closed:
+                conn = self._conn = psycopg.connect(self._database_url, connect_timeout=5, options=DURABLE_COMMIT)
+            with conn.transaction():
+                insert_dead_letters(conn, dead)
+
+        if self._retry(stop, store) is None and stop.is_set():
+            return
+        self._retry(stop, lambda: self._reader.quarantine(entries, reason="too many deliveries"))
+        self.stats.quarantined += len(entries)
+        self.stats.dead_letters += len(entries)
 
     def _ack(self, batch: _Batch, result: WriteResult) -> None:
         """Hand the committed entries on to the geofence stream and acknowledge them, atomically."""

@@ -21,7 +21,7 @@ Two ways to honour it, chosen per batch by `WritePlan`:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
@@ -30,6 +30,7 @@ import psycopg
 from psycopg import errors, pq
 
 from gateway.deadletters import storable
+from gateway.poison import Refused, split_refused
 from gateway.records import DeadLetter, Telemetry
 
 COLUMNS = (
@@ -169,9 +170,7 @@ def write_batch(
             conn.execute(_STAGE)
             _copy(conn, _COPY_STAGE, rows)
             inserted = conn.execute(_MERGE).rowcount
-        if dead:
-            with conn.cursor() as cur:
-                cur.executemany(_DEAD, [dead_row(d) for d in dead])
+        insert_dead_letters(conn, dead)
     result = WriteResult(staged=len(rows), inserted=inserted, dead_letters=len(dead), merged=merged)
     plan.after(result)
     return result
@@ -183,6 +182,58 @@ def dead_row(dead: DeadRow) -> tuple[object, ...]:
     d = storable(dead.letter)
     return (dead.stream_entry, dead.seq, d.received_at, d.topic, d.device_id, d.reason, d.detail, d.payload,
             d.count, d.size, d.sha256)  # fmt: skip
+
+
+def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadRow]) -> None:
+    """Dead letters, each once per stream position, bounded and with text PostgreSQL can hold
+    (`dead_row`): a dead letter exists to hold what the database would refuse elsewhere."""
+    if not dead:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(_DEAD, [dead_row(d) for d in dead])
+
+
+def refusal(exc: Exception) -> str | None:
+    """The reason a batch was refused for good (data the tables cannot hold), or None when the error
+    is transient or not the data's fault (connection lost, serialization failure: retry as is).
+
+    Dumping a value can fail before the server sees it (psycopg's `DataError` for NUL, `ValueError`
+    or `OverflowError` for a number out of a binary type's range); such an error is the data's too.
+    """
+    if isinstance(exc, errors.UniqueViolation):
+        return None  # the merge path handles duplicates; never a reason to drop a record
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        state = exc.sqlstate or "client"
+        return f"{state} {exc.diag.message_primary or exc}".strip()
+    if isinstance(exc, ValueError | OverflowError | UnicodeError):
+        return f"client {type(exc).__name__}: {exc}"
+    return None
+
+
+def write_refusing(
+    conn: psycopg.Connection, rows: Sequence[tuple[object, ...]], dead: Callable[[list[Refused[int]]], list[DeadRow]]
+) -> tuple[WriteResult, list[Refused[int]]]:
+    """The slow path after `write_batch` met a refusal: one transaction in which the rows are split
+    (`gateway.poison.split_refused`, each try in a savepoint through the merge) until every refused
+    row stands alone; the rows accepted are stored, `dead(refused)` (the refused rows' dead letters
+    plus the batch's own) stored with them. Returns the result and the refused rows' indices."""
+    inserted = 0
+
+    def store(part: Sequence[int]) -> None:
+        nonlocal inserted
+        with conn.transaction():
+            conn.execute(_STAGE)
+            _copy(conn, _COPY_STAGE, [rows[i] for i in part])
+            n = conn.execute(_MERGE).rowcount
+            conn.execute("DELETE FROM telemetry_stage")
+        inserted += n
+
+    with conn.transaction():
+        split = split_refused(range(len(rows)), store, refusal)
+        letters = dead(split.refused)
+        insert_dead_letters(conn, letters)
+    staged = len(rows) - len(split.refused)
+    return WriteResult(staged=staged, inserted=inserted, dead_letters=len(letters), merged=True), split.refused
 
 
 def _copy(conn: psycopg.Connection, statement: str, rows: Sequence[tuple[object, ...]]) -> None:

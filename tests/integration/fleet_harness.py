@@ -19,8 +19,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway import decoders
 from gateway.broker_admin import BrokerAdmin
 from gateway.config import Endpoints
+from gateway.decoders import Decoded
 from gateway.registry import DeviceRegistry, DeviceSpec
 from gateway.service import Gateway, gateway_client_id
 from gateway.settings import MqttTarget
@@ -37,8 +39,11 @@ class Running:
 
 
 @contextmanager
-def services(endpoints: Endpoints, *, future_tolerance_s: float = 300.0) -> Iterator[Running]:
-    """A gateway and an ingest worker in threads; stopped and joined on exit."""
+def services(
+    endpoints: Endpoints, *, future_tolerance_s: float = 300.0, decode: Callable[..., Decoded] = decoders.decode
+) -> Iterator[Running]:
+    """A gateway (with `decode`, so a test can break it) and an ingest worker in threads; stopped and
+    joined on exit."""
     stop = threading.Event()
     gateway = Gateway(
         MqttTarget.parse(endpoints.mqtt_url),
@@ -47,6 +52,7 @@ def services(endpoints: Endpoints, *, future_tolerance_s: float = 300.0) -> Iter
         max_payload=16384,
         future_tolerance_s=future_tolerance_s,
         client_id="fleet-gateway-test",
+        decode=decode,
     )
     worker = IngestWorker(endpoints.redis_url, endpoints.database_url, stream_key=STREAM, group="ingest")
     threads = [
@@ -63,6 +69,8 @@ def services(endpoints: Endpoints, *, future_tolerance_s: float = 300.0) -> Iter
         stop.set()
         for thread in threads:
             thread.join(timeout=15)
+        # A persistent session left subscribed would queue every later test's messages while away.
+        retire_gateways(endpoints, ["test"])
 
 
 def register(endpoints: Endpoints, ids: Sequence[str]) -> dict[str, str]:
@@ -113,13 +121,13 @@ def scalar(database_url: str, sql: str, *params: object) -> object:
 
 
 # -- services as separate processes, devices that keep publishing (reliability tests) ----------------
-def spawn_service(role: str, endpoints: Endpoints, instance: str, log_dir: Path) -> subprocess.Popen[bytes]:
-    """`fleet gateway` or `fleet ingest` as its own process, so a test can kill -9 it."""
+def spawn_service(role: str, endpoints: Endpoints, instance: str, log_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`fleet gateway` or `fleet ingest` (with `args`) as its own process, so a test can kill -9 it."""
     variable = {"gateway": "FLEET_GATEWAY_ID", "ingest": "FLEET_INGEST_ID"}[role]
     env = {**os.environ, **endpoints.env(), variable: instance}
     with (log_dir / f"{role}-{instance}.log").open("ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", role], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "gateway.cli", role, *args], env=env, stdout=log, stderr=subprocess.STDOUT
         )
 
 
@@ -161,6 +169,7 @@ class DeviceFeed:
     endpoints: Endpoints
     credentials: dict[str, str]
     rate: float  # messages per second per device
+    reconnect_s: float = 1.0  # first reconnect delay: paho's default, as firmware; small = back at once
     base: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1))
     published: int = 0
     accepted: int = 0
@@ -175,7 +184,7 @@ class DeviceFeed:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
             client.username_pw_set(device_id, password)
             client.max_inflight_messages_set(100)
-            client.reconnect_delay_set(min_delay=1, max_delay=4)  # paho's default first delay, as firmware
+            client.reconnect_delay_set(min_delay=self.reconnect_s, max_delay=max(4 * self.reconnect_s, 0.1))  # type: ignore[arg-type]
             client.on_publish = self._on_publish
             connected = threading.Event()
             client.on_connect = lambda *_a, ev=connected: ev.set()

@@ -199,3 +199,39 @@ def test_a_broker_restart_loses_nothing(fresh: tuple[Stack, Endpoints], tmp_path
         stop_service(worker)
         stop_service(gateway)
         retire_gateways(endpoints, ["mq"])
+
+
+def test_a_broker_restart_with_devices_back_before_the_gateway_loses_nothing(
+    fresh: tuple[Stack, Endpoints], tmp_path: Path
+) -> None:
+    """Devices reconnect at once (20 ms) and publish while the gateway is still away (frozen with
+    SIGSTOP over the restart, so it comes back last every time): their reports wait in the gateway's
+    persistent session, whose plain subscription Mosquitto restores from its persistence file. With
+    `--shared` this loses every report published before the gateway resubscribes."""
+    stack, endpoints = fresh
+    creds = register(endpoints, [f"rs-{i}" for i in range(10)])
+    gateway = spawn_service("gateway", endpoints, "rs", tmp_path)
+    worker = spawn_service("ingest", endpoints, "rs", tmp_path)
+    try:
+        wait_gateway_connected(tmp_path, "rs")
+        feed = DeviceFeed(endpoints, creds, rate=100, reconnect_s=0.02).start()
+        try:
+            time.sleep(1.0)
+            gateway.send_signal(signal.SIGSTOP)
+            try:
+                with _server_down(stack, "mqtt", signal.SIGTERM):
+                    pass
+                during = feed.accepted
+                time.sleep(1.0)  # devices are back and publishing; the gateway is not
+                assert feed.accepted > during + 500, "devices should publish while the gateway is away"
+            finally:
+                gateway.send_signal(signal.SIGCONT)
+            wait_gateway_connected(tmp_path, "rs", times=2)
+            time.sleep(0.5)
+        finally:
+            feed.stop()
+        _all_stored_once(endpoints, "rs-", feed)
+    finally:
+        stop_service(worker)
+        stop_service(gateway)
+        retire_gateways(endpoints, ["rs"])

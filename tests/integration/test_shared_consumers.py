@@ -50,7 +50,7 @@ def test_two_gateways_and_two_workers_store_every_report_once(clean: Endpoints, 
     retire_gateways(clean, ["test"])
     creds = register(clean, [f"sh-{i}" for i in range(8)])
     procs = [spawn_service("ingest", clean, w, tmp_path) for w in WORKERS]
-    procs += [spawn_service("gateway", clean, g, tmp_path) for g in GATEWAYS]
+    procs += [spawn_service("gateway", clean, g, tmp_path, "--shared") for g in GATEWAYS]
     try:
         for g in GATEWAYS:
             wait_gateway_connected(tmp_path, g)

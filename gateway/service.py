@@ -28,10 +28,10 @@ from datetime import UTC, datetime
 import redis
 
 from gateway import decoders
+from gateway.deadletters import letter
 from gateway.intake import Intake, Outcome, classify
 from gateway.mqtt_session import Inbound, MqttSession, SessionError
 from gateway.ratelimit import RateLimitedLog
-from gateway.deadletters import letter
 from gateway.records import RawMessage
 from gateway.redis_client import stream_client
 from gateway.settings import MqttTarget

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from gateway import decoders
+from gateway import decoders, keys
 from gateway.intake import Intake, Outcome, classify
 from gateway.mqtt_session import Inbound, MqttSession, SessionError
 from gateway.ratelimit import RateLimitedLog
@@ -233,14 +233,14 @@ class Gateway:
         if entry.records or entry.dead:
             pipe.xadd(self._stream_key, {FIELD: encode_entry(entry)})
         for device_id, online in outcome.status.items():
-            pipe.hset("fleet:online", device_id, "1" if online else "0")
+            pipe.hset(keys.ONLINE, device_id, "1" if online else "0")
         for ack in outcome.acks:
-            pipe.xadd("fleet:cmd-acks", {b"a": ack})
+            pipe.xadd(keys.CMD_ACKS_STREAM, {b"a": ack})
         counters = Counter({"received": len(outcome.messages), "records": len(entry.records)})
         counters.update(f"dead:{d.reason}" for d in entry.dead)
         counters.update(f"ignored:{r}" for r in outcome.ignored)
         for name, n in counters.items():
-            pipe.hincrby("fleet:counters", name, n)
+            pipe.hincrby(keys.COUNTERS, name, n)
         pipe.execute()
 
     def _refresh_registry(self, *, force: bool = False) -> None:
@@ -251,10 +251,10 @@ class Gateway:
             return
         self._registry_checked = now
         try:
-            version = self._redis.get("fleet:devices:version")
+            version = self._redis.get(keys.DEVICES_VERSION)
             if version == self._registry_version and not force:
                 return
-            members = self._redis.smembers("fleet:devices")
+            members = self._redis.smembers(keys.DEVICES)
         except redis.RedisError as exc:
             self._warn.warning("registry", "cannot refresh device registry: %s", exc)
             return

@@ -13,6 +13,8 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway import keys
+
 DURABLE_COMMIT = "-c synchronous_commit=on"
 """Connection options of the workers that acknowledge a stream entry once its commit returns (ingest,
 geofence): that commit must be on disk by then, whatever the server's default. With
@@ -44,7 +46,7 @@ class Settings(BaseSettings):
 
     max_payload_bytes: int = Field(default=16 * 1024, ge=256)
     future_tolerance_s: float = 300.0
-    stream_key: str = "fleet:ingest"
+    stream_key: str = keys.INGEST_STREAM
     ingest_group: str = "ingest"
     ingest_batch_entries: int = 200
 

@@ -21,3 +21,8 @@ GEOFENCE_TRIPS = "fleet:geofence:trips"  # hash: device id → open-trip cursor
 
 LIVE_CHANNEL = "fleet:live"  # every change of a vehicle's live state
 EVENTS_CHANNEL = "fleet:events"  # every zone event
+
+# The command service (next milestone): the API wakes it after creating or cancelling a command,
+# and it announces every stored command transition for live views.
+CMD_WAKE_CHANNEL = "fleet:cmd-wake"
+COMMANDS_CHANNEL = "fleet:commands"

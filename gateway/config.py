@@ -76,11 +76,12 @@ class Endpoints:
         """Every URL with its password redacted, by account: for printing."""
         shown = {
             "owner database": self.database_url, "admin redis": self.redis_url,
-            "gateway mqtt": self.mqtt_url, "admin mqtt": self.mqtt_admin_url or "",
+            "admin mqtt": self.mqtt_admin_url or "", "mqtt": "" if self.services else self.mqtt_url,
         }  # fmt: skip
         for name, own in self.services.items():
             shown[f"{name} database"] = own.database_url or ""
             shown[f"{name} redis"] = own.redis_url or ""
+            shown[f"{name} mqtt"] = own.mqtt_url or ""
         return {k: redact(v) for k, v in shown.items() if v}
 
 

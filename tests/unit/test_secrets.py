@@ -126,3 +126,17 @@ def test_the_grant_table_names_only_known_services_and_privileges() -> None:
             assert set(granted) <= {"SELECT", "INSERT", "UPDATE", "DELETE"}, (table, granted)  # never TRUNCATE
     assert privileges.unlisted({"telemetry", "schema_migrations", "brand_new"}) == {"brand_new"}
     assert ("telemetry", "fleet_api", "INSERT") not in privileges.wanted({"telemetry"})
+
+
+def test_fixtures_refuse_to_wipe_servers_that_are_not_theirs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import WIPE_VARIABLE, refuse_foreign_wipe
+
+    theirs = Endpoints("postgresql://me:pw@db/fleet", "mqtt://m:1", "redis://:pw@r:1/0", None, local_stack=False)
+    own = Endpoints("postgresql://fleet:pw@127.0.0.1/fleet", "mqtt://m:1", "redis://:pw@r:1/0", None, local_stack=True)
+    monkeypatch.delenv(WIPE_VARIABLE, raising=False)
+    refuse_foreign_wipe(own)
+    with pytest.raises(pytest.fail.Exception, match=WIPE_VARIABLE) as refused:
+        refuse_foreign_wipe(theirs)
+    assert "pw" not in str(refused.value).replace(WIPE_VARIABLE, "")
+    monkeypatch.setenv(WIPE_VARIABLE, "1")
+    refuse_foreign_wipe(theirs)

@@ -8,14 +8,19 @@ from typing import Annotated
 import redis
 from fastapi import Depends, Request
 
+from gateway.settings import redacted_repr
 from ingest.livestate import LiveState
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class ApiConfig:
+    """The API's own accounts (`fleet api` passes those of the `api` service)."""
+
     database_url: str
     redis_url: str
     mqtt_admin_url: str | None = None
+
+    __repr__ = redacted_repr
 
 
 def get_config(request: Request) -> ApiConfig:

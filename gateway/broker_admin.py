@@ -251,7 +251,10 @@ def _as_credentials(item: DeviceCredentials | tuple[str, str]) -> DeviceCredenti
     try:
         device_id, password = item
     except (TypeError, ValueError):
-        raise BrokerAdminError(f"expected (device_id, password) or DeviceCredentials, got {item!r}") from None
+        # the type only: the value may hold a password
+        raise BrokerAdminError(
+            f"expected (device_id, password) or DeviceCredentials, got {type(item).__name__}"
+        ) from None
     return DeviceCredentials(device_id, password)
 
 

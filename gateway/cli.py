@@ -44,8 +44,11 @@ def stack_install() -> None:
 
 @stack_app.command("up")
 def stack_up(state_dir: StateDir = None) -> None:
-    """Start the servers (installing them first if needed) and apply the schema."""
-    from gateway.config import resolve
+    """Start the servers (installing them first if needed) and apply the schema.
+
+    Prints where each account connects, passwords redacted: they are in the credentials file.
+    """
+    from gateway.config import local_stack, resolve
     from gateway.stack import StackError, ensure_installed
     from ingest.migrate import migrate
 
@@ -59,8 +62,11 @@ def stack_up(state_dir: StateDir = None) -> None:
         raise typer.Exit(1) from None
     applied = migrate(endpoints.database_url)
     console.print(f"schema: {len(applied)} migration(s) applied")
-    for name, value in endpoints.env().items():
-        console.print(f"{name}={value}", highlight=False, soft_wrap=True)
+    for account, url in endpoints.shown().items():
+        console.print(f"  {account:18} {url}", highlight=False, soft_wrap=True)
+    if endpoints.local_stack:
+        path = local_stack(settings).credentials_file
+        console.print(f"passwords: {path} (mode 600); `fleet gateway`, `fleet ingest`, ... read it themselves")
 
 
 @stack_app.command("down")
@@ -115,7 +121,7 @@ def gateway(
 
     setup_logging()
     settings = _settings(state_dir)
-    endpoints = resolve(settings)
+    endpoints = resolve(settings, service="gateway")
     code = run_gateway(
         endpoints.mqtt_url,
         endpoints.redis_url,
@@ -141,7 +147,7 @@ def ingest(
 
     setup_logging()
     settings = _settings(state_dir)
-    endpoints = resolve(settings)
+    endpoints = resolve(settings, service="ingest")
     run_ingest(
         endpoints.redis_url,
         endpoints.database_url,
@@ -162,7 +168,7 @@ def api(state_dir: StateDir = None, host: str | None = None, port: int | None = 
     from gateway.config import resolve
 
     settings = _settings(state_dir)
-    endpoints = resolve(settings)
+    endpoints = resolve(settings, service="api")
     config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url)
     uvicorn.run(create_app(config), host=host or settings.api_host, port=port or settings.api_port, log_level="info")
 
@@ -177,7 +183,7 @@ def geofence(
     from geofence.service import run_geofence
 
     setup_logging()
-    endpoints = resolve(_settings(state_dir))
+    endpoints = resolve(_settings(state_dir), service="geofence")
     run_geofence(endpoints.redis_url, endpoints.database_url, instance=instance)
 
 

@@ -1,34 +1,88 @@
-"""Where the servers are: external URLs from settings, or the local stack under the state folder."""
+"""Where the servers are: external URLs from settings, or the local stack under the state folder.
+
+Every service connects with accounts of its own (`Endpoints.for_service`). For each service and
+each kind of server the URL is, first found first: the service's own setting
+(`FLEET_INGEST_DATABASE_URL`, ...), the general one (`FLEET_DATABASE_URL`, ...), and the local
+stack's account for that service. URLs you give are used as given.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.settings import Settings
+from gateway.settings import Settings, redact, redacted_repr
+from gateway.stack.model import SERVICES, ServiceUrls
 
 if TYPE_CHECKING:
-    from gateway.stack import Stack, StackUrls
+    from gateway.stack import Stack
+
+# What a service needs before it can run without the local stack (the API's broker account is optional).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "gateway": ("mqtt_url", "redis_url"),
+    "ingest": ("database_url", "redis_url"),
+    "geofence": ("database_url", "redis_url"),
+    "commands": ("database_url", "redis_url", "mqtt_url"),
+    "api": ("database_url", "redis_url"),
+}
+URL_VARIABLES_SUFFIX = "_URL"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Endpoints:
+    """The administrative URLs (database owner, Redis admin, the broker's gateway and admin accounts)
+    and each service's own. `for_service(name)` is what a service process is handed."""
+
     database_url: str
     mqtt_url: str
     redis_url: str
     mqtt_admin_url: str | None
     local_stack: bool
+    services: Mapping[str, ServiceUrls] = field(default_factory=dict)
+
+    __repr__ = redacted_repr
 
     def env(self) -> dict[str, str]:
-        """The same endpoints as `FLEET_*` variables, for child processes."""
+        """The same endpoints as `FLEET_*` variables, for child processes (only those that are set)."""
         env = {
             "FLEET_DATABASE_URL": self.database_url,
             "FLEET_MQTT_URL": self.mqtt_url,
             "FLEET_REDIS_URL": self.redis_url,
+            "FLEET_MQTT_ADMIN_URL": self.mqtt_admin_url or "",
         }
-        if self.mqtt_admin_url:
-            env["FLEET_MQTT_ADMIN_URL"] = self.mqtt_admin_url
-        return env
+        return {name: value for name, value in env.items() if value}
+
+    def for_service(self, service: str) -> Endpoints:
+        """The endpoints as `service` sees them: its own accounts in the general fields, nothing else.
+        Without per-service URLs (servers given as one set of URLs) it shares the general ones."""
+        if service not in NEEDS:
+            raise ValueError(f"unknown service {service!r}; one of {', '.join(NEEDS)}")
+        own = self.services.get(service)
+        if own is None:
+            return Endpoints(self.database_url, self.mqtt_url, self.redis_url,
+                             self.mqtt_admin_url if service == "api" else None, self.local_stack)  # fmt: skip
+        return Endpoints(
+            own.database_url or "", own.mqtt_url or "", own.redis_url or "", own.mqtt_admin_url, self.local_stack
+        )
+
+    def service_env(self, service: str, base: Mapping[str, str]) -> dict[str, str]:
+        """Environment for a child process running `service`: `base` without any `FLEET_*_URL`
+        (so it holds no other account's secret), plus the service's own URLs."""
+        kept = {k: v for k, v in base.items() if not (k.startswith("FLEET_") and k.endswith(URL_VARIABLES_SUFFIX))}
+        return {**kept, **self.for_service(service).env()}
+
+    def shown(self) -> dict[str, str]:
+        """Every URL with its password redacted, by account: for printing."""
+        shown = {
+            "owner database": self.database_url, "admin redis": self.redis_url,
+            "admin mqtt": self.mqtt_admin_url or "", "mqtt": "" if self.services else self.mqtt_url,
+        }  # fmt: skip
+        for name, own in self.services.items():
+            shown[f"{name} database"] = own.database_url or ""
+            shown[f"{name} redis"] = own.redis_url or ""
+            shown[f"{name} mqtt"] = own.mqtt_url or ""
+        return {k: redact(v) for k, v in shown.items() if v}
 
 
 def local_stack(settings: Settings) -> Stack:
@@ -38,22 +92,55 @@ def local_stack(settings: Settings) -> Stack:
     return Stack(settings.state_dir, ports)
 
 
-def resolve(settings: Settings, *, start: bool = False) -> Endpoints:
-    """External URLs win; anything unset comes from the local stack (started first if `start`)."""
-    if settings.external:
-        return Endpoints(
+def _given(settings: Settings, service: str) -> ServiceUrls:
+    """What the settings say about one service's accounts (None where they say nothing)."""
+    kinds = NEEDS[service]
+    return ServiceUrls(
+        database_url=settings.service_url(service, "database") if "database_url" in kinds else None,
+        redis_url=settings.service_url(service, "redis"),
+        mqtt_url=settings.mqtt_url if "mqtt_url" in kinds else None,
+        mqtt_admin_url=settings.mqtt_admin_url if service == "api" else None,
+    )
+
+
+def _complete(urls: ServiceUrls, service: str) -> bool:
+    return all(getattr(urls, kind) for kind in NEEDS[service])
+
+
+def _overlay(given: ServiceUrls, stack: ServiceUrls) -> ServiceUrls:
+    return ServiceUrls(
+        given.database_url or stack.database_url,
+        given.redis_url or stack.redis_url,
+        given.mqtt_url or stack.mqtt_url,
+        given.mqtt_admin_url or stack.mqtt_admin_url,
+    )
+
+
+def resolve(settings: Settings, *, start: bool = False, service: str | None = None) -> Endpoints:
+    """External URLs win; anything unset comes from the local stack (started first if `start`).
+
+    With `service`, the result is that service's view (`Endpoints.for_service`), and the local
+    stack is consulted only if the settings lack something the service needs.
+    """
+    given = {name: _given(settings, name) for name in SERVICES}
+    if settings.external if service is None else _complete(given[service], service):
+        endpoints = Endpoints(
             settings.database_url or "",
             settings.mqtt_url or "",
             settings.redis_url or "",
             settings.mqtt_admin_url,
             local_stack=False,
+            services=given,
         )
-    stack = local_stack(settings)
-    urls: StackUrls = stack.up() if start else stack.urls()
-    return Endpoints(
-        settings.database_url or urls.database_url,
-        settings.mqtt_url or urls.mqtt_url,
-        settings.redis_url or urls.redis_url,
-        settings.mqtt_admin_url or urls.mqtt_admin_url,
-        local_stack=True,
-    )
+    else:
+        stack = local_stack(settings)
+        urls = stack.up() if start else stack.urls()
+        endpoints = Endpoints(
+            settings.database_url or urls.database_url,
+            settings.mqtt_url or urls.mqtt_url,
+            settings.redis_url or urls.redis_url,
+            settings.mqtt_admin_url or urls.mqtt_admin_url,
+            local_stack=True,
+            services={name: _overlay(given[name], urls.services[name]) for name in SERVICES},
+        )
+    return endpoints.for_service(service) if service else endpoints

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import orjson
 from rich.console import Console
 
+from gateway.secretfile import write_private
 from gateway.settings import MqttTarget, Settings
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def simulate(
         credentials = orjson.loads(credentials_file.read_bytes())
     else:
         credentials = register_simulated(settings, device_ids(config))
-    target = MqttTarget.parse(resolve(settings).mqtt_url)
+    target = MqttTarget.parse(settings.mqtt_url or resolve(settings).mqtt_url)  # only its address is used
     with live_progress(console) as show:
         summary = asyncio.run(
             run_fleet(config, mqtt_host=target.host, mqtt_port=target.port, credentials=credentials, on_progress=show)
@@ -95,9 +96,8 @@ def run_demo(settings: Settings, *, devices: int, console: Console) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         logs = _prepare(settings, endpoints, devices, console)
-        env = {**os.environ, **endpoints.env(), "FLEET_STATE_DIR": str(settings.state_dir)}
         for name, args in _services(settings, devices):
-            children[name] = _spawn(name, args, env, logs)
+            children[name] = _spawn(name, args, _child_env(endpoints, name, settings), logs)
         _announce(settings, devices, logs, console)
         while not stopping:
             for name, child in children.items():
@@ -124,9 +124,7 @@ def _prepare(settings: Settings, endpoints: Endpoints, devices: int, console: Co
     console.print(f"demo zones: {added} added")
     console.print(f"registering {devices} simulated devices…")
     credentials = register_simulated(settings, device_ids(SimConfig(devices=devices)))
-    creds_file = Path(settings.state_dir) / DEMO_CREDENTIALS
-    creds_file.write_bytes(orjson.dumps(credentials))
-    creds_file.chmod(0o600)
+    write_private(Path(settings.state_dir) / DEMO_CREDENTIALS, orjson.dumps(credentials))
     logs = Path(settings.state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     return logs
@@ -183,6 +181,19 @@ def _services(settings: Settings, devices: int) -> list[tuple[str, list[str]]]:
         ("api", ["api"]),
         ("simulator", simulate),
     ]
+
+
+def _child_env(endpoints: Endpoints, name: str, settings: Settings) -> dict[str, str]:
+    """Each service process gets its own accounts and no other's; the simulator (whose devices log in
+    with their own passwords) only the broker's address."""
+    if name == "simulator":
+        target = MqttTarget.parse(endpoints.mqtt_url)
+        env = endpoints.service_env("gateway", os.environ)
+        env.pop("FLEET_REDIS_URL", None)
+        env["FLEET_MQTT_URL"] = f"mqtt://{target.host}:{target.port}"
+    else:
+        env = endpoints.service_env(name, os.environ)
+    return {**env, "FLEET_STATE_DIR": str(settings.state_dir)}
 
 
 def _announce(settings: Settings, devices: int, logs: Path, console: Console) -> None:

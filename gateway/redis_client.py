@@ -18,6 +18,8 @@ from typing import Any
 import redis
 from redis.connection import Encoder, PythonRespSerializer
 
+from gateway import keys
+
 log = logging.getLogger(__name__)
 
 BUFFER_CUTOFF = 6000  # redis-py's own default: smaller values are joined into the command buffer
@@ -30,7 +32,7 @@ def stream_client(url: str) -> redis.Redis:
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
-QUARANTINE_STREAM = "fleet:quarantine"
+QUARANTINE_STREAM = keys.QUARANTINE_STREAM
 MAX_DELIVERIES = 5
 """An entry delivered this often without being acknowledged goes to the quarantine instead of a sixth
 try. A batch that failed is re-read one entry at a time (see `GroupReader`), so only an entry that
@@ -167,7 +169,7 @@ class GroupReader:
         ids = [q.entry_id for q in entries]
         pipe.xack(self._stream, self._group, *ids)
         pipe.xdel(self._stream, *ids)
-        pipe.hincrby("fleet:counters", "quarantined", len(entries))
+        pipe.hincrby(keys.COUNTERS, "quarantined", len(entries))
         pipe.execute()
         self.quarantined += len(entries)
         log.warning("%s quarantined %d entries of %s (%s)", self.consumer, len(entries), self._stream, reason)

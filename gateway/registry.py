@@ -14,14 +14,15 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
+from gateway import keys
 from gateway.broker_admin import BrokerAdmin
 from gateway.stack import DeviceCredentials
 
 BrokerBulk = Callable[[list[DeviceCredentials]], object]
 BULK_THRESHOLD = 50  # above this, a bulk writer (if given) beats one broker command per device
 
-DEVICES_KEY = "fleet:devices"
-VERSION_KEY = "fleet:devices:version"
+DEVICES_KEY = keys.DEVICES
+VERSION_KEY = keys.DEVICES_VERSION
 
 
 class RegistryError(ValueError):

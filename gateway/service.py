@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from gateway import decoders
+from gateway import decoders, keys
 from gateway.deadletters import letter
 from gateway.intake import Intake, Outcome, classify
 from gateway.mqtt_session import Inbound, MqttSession, SessionError
@@ -53,7 +53,6 @@ RECEIVE_MAXIMUM = 20000  # unacknowledged QoS 1 messages the broker may have in 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue this long while we are away
 KEEPALIVE_S = 30
 REGISTRY_REFRESH_S = 1.0
-REGISTRY_KEY, REGISTRY_VERSION_KEY = "fleet:devices", "fleet:devices:version"  # written by gateway.registry
 REDIS_RETRY_S = 0.5
 # Back quickly after a broker restart: with shared subscriptions (several gateways) Mosquitto 2.0 does
 # not restore them from its persistence file, so until we subscribe again, device messages are
@@ -301,7 +300,7 @@ class Gateway:
             return
         ids = sorted(misses)
         try:
-            found = self._redis.smismember(REGISTRY_KEY, ids)
+            found = self._redis.smismember(keys.DEVICES, ids)
         except redis.RedisError as exc:
             self._warn.warning("registry", "cannot look up unknown devices in the registry: %s", exc)
             return
@@ -315,15 +314,15 @@ class Gateway:
         if entry.records or entry.dead:
             pipe.xadd(self._stream_key, {FIELD: encode_entry(entry)})
         for device_id, online in outcome.status.items():
-            pipe.hset("fleet:online", device_id, "1" if online else "0")
+            pipe.hset(keys.ONLINE, device_id, "1" if online else "0")
         for ack in outcome.acks:
-            pipe.xadd("fleet:cmd-acks", {b"a": ack})
+            pipe.xadd(keys.CMD_ACKS_STREAM, {b"a": ack})
         counters = Counter({"received": len(outcome.messages), "records": len(entry.records)})
         counters.update(f"dead:{d.reason}" for d in entry.dead)
         counters.update(f"ignored:{r}" for r in outcome.ignored)
         counters.update(outcome.counters)
         for name, n in counters.items():
-            pipe.hincrby("fleet:counters", name, n)
+            pipe.hincrby(keys.COUNTERS, name, n)
         pipe.execute()
 
     def _refresh_registry(self, *, force: bool = False) -> None:
@@ -334,10 +333,10 @@ class Gateway:
             return
         self._registry_checked = now
         try:
-            version = self._redis.get(REGISTRY_VERSION_KEY)
+            version = self._redis.get(keys.DEVICES_VERSION)
             if version == self._registry_version and not force:
                 return
-            members = self._redis.smembers(REGISTRY_KEY)
+            members = self._redis.smembers(keys.DEVICES)
         except redis.RedisError as exc:
             self._warn.warning("registry", "cannot refresh device registry: %s", exc)
             return

@@ -6,12 +6,14 @@ construct their own without touching the process environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway import keys
 
 DURABLE_COMMIT = "-c synchronous_commit=on"
 """Connection options of the workers that acknowledge a stream entry once its commit returns (ingest,
@@ -35,6 +37,19 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     mqtt_admin_url: str | None = None  # account allowed to manage device credentials at the broker
 
+    # Each service's own accounts (FLEET_INGEST_DATABASE_URL, ...): with the local stack, its
+    # least-privileged role and ACL user; set one to override it, or leave it unset to use the
+    # general URL above when that is set (gateway/config.py).
+    gateway_redis_url: str | None = None
+    ingest_database_url: str | None = None
+    ingest_redis_url: str | None = None
+    geofence_database_url: str | None = None
+    geofence_redis_url: str | None = None
+    commands_database_url: str | None = None
+    commands_redis_url: str | None = None
+    api_database_url: str | None = None
+    api_redis_url: str | None = None
+
     mqtt_port: int = 18831
     postgres_port: int = 15433
     redis_port: int = 16380
@@ -44,13 +59,20 @@ class Settings(BaseSettings):
 
     max_payload_bytes: int = Field(default=16 * 1024, ge=256)
     future_tolerance_s: float = 300.0
-    stream_key: str = "fleet:ingest"
+    stream_key: str = keys.INGEST_STREAM
     ingest_group: str = "ingest"
     ingest_batch_entries: int = 200
 
     @property
     def external(self) -> bool:
         return bool(self.database_url and self.mqtt_url and self.redis_url)
+
+    def service_url(self, service: str, kind: str) -> str | None:
+        """A service's URL of one kind ("database", "redis") as configured: its own setting, else the
+        general one, else None (then the local stack's account for that service is used)."""
+        own: str | None = getattr(self, f"{service}_{kind}_url", None)
+        general: str | None = getattr(self, f"{kind}_url")
+        return own or general
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +82,47 @@ class MqttTarget:
     host: str
     port: int
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
 
     @classmethod
     def parse(cls, url: str) -> MqttTarget:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"MQTT URL must start with mqtt://, got {url!r}")
+            raise ValueError(f"MQTT URL must start with mqtt://, got {redact(url)!r}")
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 1883,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
         )
+
+
+def redact(url: str) -> str:
+    """`url` with its password replaced by `***`, for logs, messages and `fleet stack up`: every URL
+    we show passes through here. The user name stays (it says which account); anything that does
+    not parse as a URL with credentials is returned as it is."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None and parts.username is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redacted_repr(obj: object) -> str:
+    """A dataclass's repr with the password of every URL in it redacted, so that a logged object, a
+    failed assertion or a traceback's locals show which accounts, never their secrets."""
+
+    def shown(value: object) -> str:
+        if isinstance(value, str):
+            return repr(redact(value))
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k!r}: {shown(v)}" for k, v in value.items()) + "}"
+        return repr(value)
+
+    names = [f.name for f in fields(obj) if f.repr]  # type: ignore[arg-type]
+    return f"{type(obj).__name__}({', '.join(f'{n}={shown(getattr(obj, n))}' for n in names)})"

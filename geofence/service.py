@@ -33,6 +33,7 @@ import orjson
 import psycopg
 import redis
 
+from gateway import keys
 from gateway.poison import split_refused
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
@@ -53,12 +54,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-POSITIONS_STREAM = "fleet:positions"  # written by ingest.service after each commit
+POSITIONS_STREAM = keys.POSITIONS_STREAM  # written by ingest.service after each commit
 GROUP = "geofence"
-STATE_KEY = "fleet:geofence:state"  # hash: device id → DeviceState.to_bytes()
-TRIPS_KEY = "fleet:geofence:trips"  # hash: device id → TripCursor.to_bytes()
-EVENTS_CHANNEL = "fleet:events"  # one JSON message per zone event
-COUNTERS = "fleet:counters"
+STATE_KEY = keys.GEOFENCE_STATE  # hash: device id → DeviceState.to_bytes()
+TRIPS_KEY = keys.GEOFENCE_TRIPS  # hash: device id → TripCursor.to_bytes()
+EVENTS_CHANNEL = keys.EVENTS_CHANNEL  # one JSON message per zone event
+COUNTERS = keys.COUNTERS
 
 BLOCK_MS = 200
 CLAIM_IDLE_MS = 15_000

@@ -14,11 +14,12 @@ from datetime import datetime
 import orjson
 import redis
 
+from gateway import keys
 from gateway.records import Telemetry
 
-VEHICLES_KEY = "fleet:vehicles"
-ONLINE_KEY = "fleet:online"
-LIVE_CHANNEL = "fleet:live"
+VEHICLES_KEY = keys.VEHICLES
+ONLINE_KEY = keys.ONLINE
+LIVE_CHANNEL = keys.LIVE_CHANNEL
 
 _FIELDS = (
     "lat", "lon", "altitude_m", "speed_kmh", "heading_deg", "accuracy_m", "fix", "satellites",

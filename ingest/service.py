@@ -25,6 +25,7 @@ import psycopg
 import redis
 from psycopg import errors
 
+from gateway import keys
 from gateway.poison import Refused
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BLOCK_MS = 200
-POSITIONS_STREAM = "fleet:positions"  # committed batches, for the geofence/trip worker
+POSITIONS_STREAM = keys.POSITIONS_STREAM  # committed batches, for the geofence/trip worker
 POSITIONS_MAX_BYTES = 512 * 2**20  # what fleet:positions keeps while no geofence worker reads it
 CLAIM_IDLE_MS = 15_000  # an entry pending this long at another consumer is taken over
 CLAIM_CHECK_S = 5.0
@@ -264,8 +265,8 @@ class IngestWorker:
             pipe.xadd(POSITIONS_STREAM, {FIELD: raw}, maxlen=positions_maxlen(len(raw)), approximate=True)
         pipe.xack(self._stream, self._group, *batch.ids)
         pipe.xdel(self._stream, *batch.ids)
-        pipe.hincrby("fleet:counters", "stored", result.inserted)
-        pipe.hincrby("fleet:counters", "duplicates", result.duplicates)
+        pipe.hincrby(keys.COUNTERS, "stored", result.inserted)
+        pipe.hincrby(keys.COUNTERS, "duplicates", result.duplicates)
         pipe.execute()
 
     def _retry(self, stop: threading.Event, action: Callable[[], T]) -> T | None:

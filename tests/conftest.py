@@ -1,8 +1,10 @@
 """Session fixtures: the real servers, started once through the same stack manager the demo uses.
 
 Set FLEET_DATABASE_URL, FLEET_MQTT_URL, FLEET_REDIS_URL (and FLEET_MQTT_ADMIN_URL) to run the
-integration tests against servers of your own instead. A server that cannot start fails the tests
-with the stack manager's message: a skipped suite would hide a missing install step.
+integration tests against servers of your own instead. Tests empty the tables and Redis between
+them, so on servers that are not the session's own they refuse to, and fail, unless
+FLEET_TEST_ALLOW_WIPE=1 says the data there may go. A server that cannot start fails the tests with
+the stack manager's message: a skipped suite would hide a missing install step.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 import redis
 
 from gateway.config import Endpoints
+from gateway.stack import StackUrls
 
 
 @pytest.fixture(autouse=True)
@@ -65,14 +68,34 @@ def endpoints(stack_dir: Path) -> Iterator[Endpoints]:
     try:
         urls = stack.up()
         migrate(urls.database_url)
-        yield Endpoints(urls.database_url, urls.mqtt_url, urls.redis_url, urls.mqtt_admin_url, local_stack=True)
+        yield stack_endpoints(urls)
     finally:
         stack.down()
+
+
+def stack_endpoints(urls: StackUrls) -> Endpoints:
+    """The endpoints of a stack the tests started themselves: theirs to empty."""
+    return Endpoints(urls.database_url, urls.mqtt_url, urls.redis_url, urls.mqtt_admin_url, local_stack=True,
+                     services=urls.services)  # fmt: skip
+
+
+WIPE_VARIABLE = "FLEET_TEST_ALLOW_WIPE"
+
+
+def refuse_foreign_wipe(endpoints: Endpoints) -> None:
+    """Fail unless the servers are the tests' own, or FLEET_TEST_ALLOW_WIPE=1 gives them up."""
+    if not endpoints.local_stack and os.environ.get(WIPE_VARIABLE) != "1":
+        pytest.fail(
+            f"refusing to TRUNCATE and FLUSHDB servers the tests did not start ({endpoints.shown()['owner database']}, "
+            f"{endpoints.shown()['admin redis']}); set {WIPE_VARIABLE}=1 if their data may be deleted",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
 def clean(endpoints: Endpoints) -> Endpoints:
     """Each test starts from empty tables and an empty Redis."""
+    refuse_foreign_wipe(endpoints)
     with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE telemetry, dead_letters, devices")
     client = redis.Redis.from_url(endpoints.redis_url)

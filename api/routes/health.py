@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import RedisDep
+from gateway import keys
 
 router = APIRouter(tags=["health"])
 
@@ -13,7 +14,7 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz")
 async def healthz(client: RedisDep) -> dict[str, object]:
     def read() -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in client.hgetall("fleet:counters").items()}
+        return {k.decode(): int(v) for k, v in client.hgetall(keys.COUNTERS).items()}
 
     counters = await run_in_threadpool(read)
     return {"status": "ok", "counters": counters}

@@ -3,6 +3,11 @@
 PostgreSQL refuses to run as root, so when root starts the stack the cluster is created and run as the
 `postgres` user, with its folder owned by that user. The superuser role `fleet` has a generated password
 (scram-sha-256) rather than trust, because any local account can reach a loopback port.
+
+Every service logs in as a role of its own (`fleet_ingest`, `fleet_geofence`, `fleet_commands`,
+`fleet_api`): created here with the passwords kept in credentials.json, and allowed to connect to
+the database `fleet` and nothing else. What each may do to each table is granted by the migrations
+(ingest/privileges.py), so it holds on external servers too.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import signal
 import subprocess
 
 import psycopg
+from psycopg import sql
 
 from gateway.stack.errors import StackError
 from gateway.stack.install import timescaledb_installed
-from gateway.stack.model import DATABASE, DATABASE_USER, LOOPBACK
+from gateway.stack.model import DATABASE, DATABASE_USER, LOOPBACK, database_role
 from gateway.stack.procs import run_as_kwargs
 from gateway.stack.server import Log, Server
 
@@ -130,3 +136,32 @@ class Postgres(Server):
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
                 log(f"creating database {DATABASE}")
                 conn.execute(f'CREATE DATABASE "{DATABASE}"')
+
+    def provision(self, log: Log) -> None:
+        """Each service's login role with its kept password, and who may connect to the database."""
+        with self._connect("postgres") as conn:
+            for service, password in sorted(self.credentials.database_roles.items()):
+                role = database_role(service)
+                # the SCRAM verifier is computed here, so the password itself never reaches the server
+                # (nor its log, should a statement fail)
+                verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                verb = "ALTER" if exists else "CREATE"
+                conn.execute(
+                    sql.SQL(verb + " ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                            " PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier.decode()))
+                )  # fmt: skip
+                if not exists:
+                    log(f"created database role {role}")
+            roles = [sql.Identifier(database_role(s)) for s in sorted(self.credentials.database_roles)]
+            database = sql.Identifier(DATABASE)
+            # PUBLIC may connect and create temporary tables by default: only the services may now,
+            # and only ingest (its staging table for replayed batches) creates temporary tables
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, sql.SQL(", ").join(roles)))
+            if "ingest" in self.credentials.database_roles:
+                conn.execute(
+                    sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(
+                        database, sql.Identifier(database_role("ingest"))
+                    )
+                )

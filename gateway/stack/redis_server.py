@@ -1,22 +1,27 @@
-"""Redis 7 holding the ingest stream: append-only file fsynced every second, so the buffer survives a restart."""
+"""Redis 7 holding the ingest stream: append-only file fsynced every second, so the buffer survives a restart.
+
+Each service logs in as its own ACL user (gateway/stack/redis_acl.py); `default` is the administrator.
+"""
 
 from __future__ import annotations
 
 import redis
 
 from gateway.stack.model import LOOPBACK
+from gateway.stack.redis_acl import acl_config
 from gateway.stack.server import Log, Server
 
 MAX_CLIENTS = 10_000
 
 
-def render_config(port: int, password: str, data_dir: str) -> str:
+def render_config(port: int, users: str, data_dir: str) -> str:
+    """`users`: the ACL lines (gateway/stack/redis_acl.py); there is no `requirepass`, whose password
+    would be the `default` user's in plain text."""
     return f"""# written by `fleet stack up` on every start; edit gateway/stack/redis_server.py instead
 bind {LOOPBACK}
 port {port}
 protected-mode yes
-requirepass {password}
-daemonize no
+{users}daemonize no
 supervised no
 dir {data_dir}
 appendonly yes
@@ -40,9 +45,8 @@ class Redis(Server):
     def prepare(self, log: Log) -> None:
         self.own_folder(self.home)
         self.own_folder(self.home / "data")
-        self.write_private(
-            self.home / "redis.conf", render_config(self.port, self.credentials.redis, str(self.home / "data"))
-        )
+        users = acl_config(self.credentials.redis, self.credentials.redis_users)
+        self.write_private(self.home / "redis.conf", render_config(self.port, users, str(self.home / "data")))
 
     def command(self) -> list[str]:
         return [str(self.binaries.redis_server), str(self.home / "redis.conf")]

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-import stat
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway import secretfile
 from gateway.stack import procs
 from gateway.stack.errors import StackError
 from gateway.stack.install import Binaries
@@ -58,6 +58,10 @@ class Server(ABC):
     def after_start(self, log: Log) -> None:  # noqa: B027 - an optional hook, empty by default
         """One-time work that needs the running server (e.g. creating the database)."""
 
+    def provision(self, log: Log) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Work done on every `up()`, whether the server was running or not (e.g. service accounts
+        kept in step with the credentials file)."""
+
     # ------------------------------------------------------------ shared behaviour
 
     def record(self) -> procs.ProcessRecord | None:
@@ -74,6 +78,7 @@ class Server(ABC):
                     "run `fleet stack down` first to change ports"
                 )
             self._wait_ready(running)
+            self.provision(log)
             return running
         if port_in_use(self.port):
             raise StackError(
@@ -94,6 +99,7 @@ class Server(ABC):
         self._check_open_files(started, log)
         self._wait_ready(started)
         self.after_start(log)
+        self.provision(log)
         return started
 
     def _check_open_files(self, started: procs.ProcessRecord, log: Log) -> None:
@@ -135,11 +141,9 @@ class Server(ABC):
         path.chmod(mode)
 
     def write_private(self, path: Path, text: str) -> None:
-        """Write a file only the server's account can read (it may hold a password)."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.chmod(stat.S_IRUSR | stat.S_IWUSR)
+        """Write a file only the server's account can read (it may hold a password), private from the start."""
+        owner = None
         if os.geteuid() == 0:
             entry = pwd.getpwnam(self.account)
-            os.chown(tmp, entry.pw_uid, entry.pw_gid)
-        tmp.replace(path)
+            owner = (entry.pw_uid, entry.pw_gid)
+        secretfile.write_private(path, text, owner=owner)

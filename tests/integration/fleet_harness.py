@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
+from api.deps import ApiConfig
 from gateway import decoders
 from gateway.broker_admin import BrokerAdmin
 from gateway.config import Endpoints
@@ -42,19 +43,20 @@ class Running:
 def services(
     endpoints: Endpoints, *, future_tolerance_s: float = 300.0, decode: Callable[..., Decoded] = decoders.decode
 ) -> Iterator[Running]:
-    """A gateway (with `decode`, so a test can break it) and an ingest worker in threads; stopped and
-    joined on exit."""
+    """A gateway (with `decode`, so a test can break it) and an ingest worker in threads, each under
+    its own accounts; stopped and joined on exit."""
     stop = threading.Event()
+    as_gateway, as_ingest = endpoints.for_service("gateway"), endpoints.for_service("ingest")
     gateway = Gateway(
-        MqttTarget.parse(endpoints.mqtt_url),
-        endpoints.redis_url,
+        MqttTarget.parse(as_gateway.mqtt_url),
+        as_gateway.redis_url,
         stream_key=STREAM,
         max_payload=16384,
         future_tolerance_s=future_tolerance_s,
         client_id="fleet-gateway-test",
         decode=decode,
     )
-    worker = IngestWorker(endpoints.redis_url, endpoints.database_url, stream_key=STREAM, group="ingest")
+    worker = IngestWorker(as_ingest.redis_url, as_ingest.database_url, stream_key=STREAM, group="ingest")
     threads = [
         threading.Thread(target=gateway.run, args=(stop,), name="gateway"),
         threading.Thread(target=worker.run, args=(stop,), name="ingest"),
@@ -71,6 +73,12 @@ def services(
             thread.join(timeout=15)
         # A persistent session left subscribed would queue every later test's messages while away.
         retire_gateways(endpoints, ["test"])
+
+
+def api_config(endpoints: Endpoints) -> ApiConfig:
+    """The API as `fleet api` runs it: under its own database role and Redis user."""
+    own = endpoints.for_service("api")
+    return ApiConfig(own.database_url, own.redis_url, own.mqtt_admin_url)
 
 
 def register(endpoints: Endpoints, ids: Sequence[str]) -> dict[str, str]:
@@ -124,7 +132,7 @@ def scalar(database_url: str, sql: str, *params: object) -> object:
 def spawn_service(role: str, endpoints: Endpoints, instance: str, log_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     """`fleet gateway` or `fleet ingest` (with `args`) as its own process, so a test can kill -9 it."""
     variable = {"gateway": "FLEET_GATEWAY_ID", "ingest": "FLEET_INGEST_ID"}[role]
-    env = {**os.environ, **endpoints.env(), variable: instance}
+    env = {**endpoints.service_env(role, os.environ), variable: instance}
     with (log_dir / f"{role}-{instance}.log").open("ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", role, *args], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -151,8 +159,9 @@ def stop_service(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 def retire_gateways(endpoints: Endpoints, instances: Sequence[str]) -> None:
     """Remove gateway sessions from the broker: a persistent session left behind would keep taking a
     share of the shared subscription's messages away from later tests."""
+    as_gateway = endpoints.for_service("gateway")
     for instance in instances:
-        gateway = Gateway(MqttTarget.parse(endpoints.mqtt_url), endpoints.redis_url, stream_key=STREAM,
+        gateway = Gateway(MqttTarget.parse(as_gateway.mqtt_url), as_gateway.redis_url, stream_key=STREAM,
                           max_payload=16384, future_tolerance_s=300, client_id=gateway_client_id(instance))  # fmt: skip
         assert gateway.retire(threading.Event(), quiet_s=0.3), f"could not retire gateway {instance}"
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from conftest import stack_endpoints
 from fleet_harness import (
     STREAM,
     DeviceFeed,
@@ -50,7 +51,7 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
     try:
         urls = stack.up()
         migrate(urls.database_url)
-        yield stack, Endpoints(urls.database_url, urls.mqtt_url, urls.redis_url, urls.mqtt_admin_url, local_stack=True)
+        yield stack, stack_endpoints(urls)
     finally:
         stack.down()
 
@@ -117,7 +118,8 @@ def test_an_ingest_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twic
     creds = register(endpoints, [f"k9-{i}" for i in range(8)])
     gateway = spawn_service("gateway", endpoints, "k9", tmp_path)
     stop = threading.Event()
-    replacement = IngestWorker(endpoints.redis_url, endpoints.database_url, stream_key=STREAM, group="ingest",
+    own = endpoints.for_service("ingest")
+    replacement = IngestWorker(own.redis_url, own.database_url, stream_key=STREAM, group="ingest",
                                consumer="ingest-b", claim_idle_ms=300)  # fmt: skip
     thread = threading.Thread(target=replacement.run, args=(stop,), name="ingest-b")
     try:

@@ -6,9 +6,12 @@ it), separate from the session's servers.
 
 from __future__ import annotations
 
+import json
+import os
 import resource
 import secrets
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -318,6 +321,61 @@ def test_bulk_registration_through_the_account_file(stack: Stack, urls: StackUrl
     with BrokerAdmin(urls.mqtt_admin_url) as admin:
         admin.disable_device(ids[0])  # registered offline, managed online like any other
         assert admin.get_client(ids[0])["disabled"] is True  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_stack_up_prints_no_password_and_says_where_they_are(stack: Stack) -> None:
+    """`fleet stack up` against this module's state folder: it finds the servers running, applies the
+    schema and lists the accounts, every password redacted."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env |= {"FLEET_MQTT_PORT": str(stack.ports.mqtt), "FLEET_POSTGRES_PORT": str(stack.ports.postgres),
+            "FLEET_REDIS_PORT": str(stack.ports.redis)}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "stack", "up", "--state-dir", str(stack.state_dir)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    kept = json.loads(stack.credentials_file.read_text())
+    secrets_kept = [v for v in kept.values() if isinstance(v, str)]
+    secrets_kept += [v for group in kept.values() if isinstance(group, dict) for v in group.values()]
+    assert len(secrets_kept) >= 14
+    assert not [s for s in secrets_kept if s in output]
+    assert str(stack.credentials_file) in output.replace("\n", "")
+    assert "fleet_ingest:***@" in output and "fleet-api:***@" in output
+
+
+def test_secret_files_are_private_and_redis_keeps_no_password(stack: Stack, urls: StackUrls) -> None:
+    private = [
+        stack.credentials_file,
+        stack.state_dir / "redis" / "redis.conf",
+        stack.state_dir / "mosquitto" / "dynamic-security.json",
+        stack.state_dir / "postgres" / "data" / "fleet.conf",
+    ]
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    redis_conf = (stack.state_dir / "redis" / "redis.conf").read_text()
+    kept = json.loads(stack.credentials_file.read_text())
+    assert kept["redis"] not in redis_conf
+    assert not [pw for pw in kept["redis_users"].values() if pw in redis_conf]
+    assert "requirepass" not in redis_conf
+
+
+def test_each_service_account_logs_in_and_the_owner_is_not_theirs(urls: StackUrls) -> None:
+    for name, own in urls.services.items():
+        if own.database_url:
+            with psycopg.connect(own.database_url) as conn:
+                row = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+                assert row.fetchone() == (f"fleet_{name}", False)
+        client = redis.Redis.from_url(own.redis_url or "")
+        try:
+            assert client.ping()
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.flushall()
+        finally:
+            client.close()
 
 
 # ---------------------------------------------------------------- stopping

@@ -12,6 +12,7 @@ from gateway.stack import procs
 from gateway.stack.mosquitto import connect_packet
 from gateway.stack.mosquitto import render_config as mosquitto_config
 from gateway.stack.postgres import render_config as postgres_config
+from gateway.stack.redis_acl import acl_config
 from gateway.stack.redis_server import render_config as redis_config
 
 IGNORE_TERM = (
@@ -77,8 +78,10 @@ def test_configs_listen_on_loopback_only() -> None:
     pg = postgres_config(15433)
     assert "listen_addresses = '127.0.0.1'" in pg and "shared_preload_libraries = 'timescaledb'" in pg
     assert "timescaledb.telemetry_level = off" in pg
-    redis = redis_config(16380, "pw", "/data")
-    assert "bind 127.0.0.1" in redis and "appendfsync everysec" in redis and "requirepass pw" in redis
+    redis = redis_config(16380, acl_config("admin-pw", {"ingest": "ingest-pw"}), "/data")
+    assert "bind 127.0.0.1" in redis and "appendfsync everysec" in redis
+    assert "user default reset on #" in redis and "user fleet-ingest reset on #" in redis
+    assert "requirepass" not in redis and "admin-pw" not in redis and "ingest-pw" not in redis
 
 
 def test_connect_packet_is_well_formed_mqtt_311() -> None:

@@ -38,7 +38,7 @@ TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     # reads the table's definition: SELECT) merged with INSERT ... ON CONFLICT DO NOTHING
     "telemetry": {"ingest": READ_APPEND},
     "device_keys": {"ingest": READ_APPEND},
-    "dead_letters": {"ingest": APPEND, "commands": APPEND},
+    "dead_letters": {"ingest": APPEND, "geofence": APPEND, "commands": APPEND},  # and what each refuses
     # the device registry (API) and the utilization rollup (geofence: registration dates)
     "devices": {"api": ALL_ROWS, "geofence": READ},
     # zones are edited through the API; the geofence worker follows the catalog version

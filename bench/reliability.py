@@ -18,6 +18,7 @@ import argparse
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,26 +97,17 @@ class Bench:
         self.stack.up()
 
     @contextmanager
-    def pipeline(self, instance: str, *gateway_args: str) -> Iterator[Callable[[], object]]:
-        """A gateway and a worker; yields a function that freezes the gateway (SIGSTOP) until
-        the block ends or `thaw` is called through it again."""
-        gateway = spawn_service("gateway", self.endpoints, instance, self.logs, *gateway_args)
+    def pipeline(self, instance: str, *gateway_args: str) -> Iterator[Controls]:
+        """A gateway and a worker as processes, and the means to freeze or stop the gateway."""
+        controls = Controls(self, instance, gateway_args)
         worker = spawn_service("ingest", self.endpoints, instance, self.logs)
-        frozen = False
-
-        def toggle() -> None:
-            nonlocal frozen
-            gateway.send_signal(signal.SIGCONT if frozen else signal.SIGSTOP)
-            frozen = not frozen
-
         try:
-            wait_gateway_connected(self.logs, instance)
-            yield toggle
+            controls.start()
+            yield controls
         finally:
-            if frozen:
-                gateway.send_signal(signal.SIGCONT)
+            controls.thaw()
             stop_service(worker)
-            stop_service(gateway)
+            controls.stop()
             retire_gateways(self.endpoints, [instance])
 
     def settle(self, prefix: str, accepted: int, stall_s: float = 10.0) -> tuple[int, int]:
@@ -137,19 +129,49 @@ class Bench:
         return int(row[0]) if row else 0
 
 
+@dataclass
+class Controls:
+    bench: Bench
+    instance: str
+    args: tuple[str, ...]
+    gateway: subprocess.Popen[bytes] | None = None
+    frozen: bool = False
+    starts: int = 0
+
+    def start(self) -> None:
+        self.gateway = spawn_service("gateway", self.bench.endpoints, self.instance, self.bench.logs, *self.args)
+        self.starts += 1
+        wait_gateway_connected(self.bench.logs, self.instance, times=self.starts)
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            stop_service(self.gateway)
+            self.gateway = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process stands still, but its socket still takes what the broker sends."""
+        assert self.gateway is not None
+        self.gateway.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen and self.gateway is not None:
+            self.gateway.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+
 def broker_restart(bench: Bench, *, shared: bool, frozen: bool) -> Row:
     prefix = f"rs{int(shared)}{int(frozen)}-"
     creds = register(bench.endpoints, [f"{prefix}{i}" for i in range(DEVICES)])
-    with bench.pipeline(prefix.rstrip("-"), *(["--shared"] if shared else [])) as freeze:
+    with bench.pipeline(prefix.rstrip("-"), *(["--shared"] if shared else [])) as gateway:
         feed = DeviceFeed(bench.endpoints, creds, rate=RATE, reconnect_s=RECONNECT_S).start()
         try:
             time.sleep(2.0)
             if frozen:
-                freeze()
+                gateway.freeze()
             bench.down("mqtt", signal.SIGTERM)
             time.sleep(1.0)
-            if frozen:
-                freeze()
+            gateway.thaw()
             time.sleep(2.0)
         finally:
             feed.stop()
@@ -160,26 +182,26 @@ def broker_restart(bench: Bench, *, shared: bool, frozen: bool) -> Row:
     return Row("broker restart", how, feed.accepted, stored, dead)
 
 
-def broker_kill(bench: Bench, *, frozen_s: float) -> Row:
-    prefix = f"k9{int(frozen_s)}-"
+def broker_kill(bench: Bench, *, away_s: float) -> Row:
+    prefix = f"k9{int(away_s)}-"
     creds = register(bench.endpoints, [f"{prefix}{i}" for i in range(DEVICES)])
     time.sleep(AUTOSAVE_INTERVAL_S + 1)  # the devices' and the gateway's sessions are on disk
-    with bench.pipeline(prefix.rstrip("-")) as freeze:
+    with bench.pipeline(prefix.rstrip("-")) as gateway:
         time.sleep(AUTOSAVE_INTERVAL_S + 1)
         feed = DeviceFeed(bench.endpoints, creds, rate=RATE, reconnect_s=RECONNECT_S).start()
         try:
             time.sleep(2.0)
-            if frozen_s:
-                freeze()
-                time.sleep(frozen_s)
+            if away_s:
+                gateway.stop()
+                time.sleep(away_s)
             bench.down("mqtt", signal.SIGKILL)
-            if frozen_s:
-                freeze()
+            if away_s:
+                gateway.start()
             time.sleep(2.0)
         finally:
             feed.stop()
         stored, dead = bench.settle(prefix, feed.accepted)
-    gateway = f"gateway frozen for the {frozen_s:g} s before the kill" if frozen_s else "gateway keeping up"
+    gateway = f"gateway stopped for the {away_s:g} s before the kill" if away_s else "gateway keeping up"
     how = (
         f"`kill -9` + start under load ({DEVICES} devices × {RATE:g}/s), autosave every "
         f"{AUTOSAVE_INTERVAL_S} s; {gateway}"
@@ -230,8 +252,8 @@ SCENARIOS: dict[str, Callable[[Bench], Row]] = {
     "restart-plain-frozen": lambda b: broker_restart(b, shared=False, frozen=True),
     "restart-shared-running": lambda b: broker_restart(b, shared=True, frozen=False),
     "restart-plain-running": lambda b: broker_restart(b, shared=False, frozen=False),
-    "kill9-running": lambda b: broker_kill(b, frozen_s=0),
-    "kill9-gateway-away": lambda b: broker_kill(b, frozen_s=3),
+    "kill9-running": lambda b: broker_kill(b, away_s=0),
+    "kill9-gateway-away": lambda b: broker_kill(b, away_s=3),
     "poison-nul": poison_record,
     "registration-race": registration_race,
 }
@@ -275,7 +297,7 @@ def main() -> None:
     if args.write:
         doc = ROOT / "docs" / "reliability.md"
         body = doc.read_text()
-        new = re.sub(f"{re.escape(BEGIN)}.*{re.escape(END)}", f"{BEGIN}\n{text}\n{END}", body, flags=re.S)
+        new = re.sub(f"{re.escape(BEGIN)}.*{re.escape(END)}", lambda _m: f"{BEGIN}\n{text}\n{END}", body, flags=re.S)
         doc.write_text(new)
         print(f"wrote {doc}")
 

@@ -212,11 +212,11 @@ def start_servers(workdir: Path) -> Servers:
     return Servers(urls.database_url, urls.mqtt_url, urls.redis_url, stack.pids(), stack)
 
 
-def spawn(role: str, i: int, servers: Servers, plan: Plan, logs: Path) -> subprocess.Popen[bytes]:
+def spawn(role: str, i: int, servers: Servers, plan: Plan, logs: Path, *args: str) -> subprocess.Popen[bytes]:
     variable = {"ingest": "FLEET_INGEST_ID", "gateway": "FLEET_GATEWAY_ID"}[role]
     with (logs / f"{role}-{i}.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", role],
+            [sys.executable, "-m", "gateway.cli", role, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**servers.env(), variable: f"{plan.prefix}{role}{i}"},
@@ -227,7 +227,8 @@ def spawn(role: str, i: int, servers: Servers, plan: Plan, logs: Path) -> subpro
 def start_gateways(servers: Servers, plan: Plan, gateways: int, logs: Path) -> list[subprocess.Popen[bytes]]:
     """Start the gateways and wait until each has (once more) connected and subscribed."""
     before = [_connects(logs / f"gateway-{i}.log") for i in range(gateways)]
-    procs = [spawn("gateway", i, servers, plan, logs) for i in range(gateways)]
+    shared = ["--shared"] if gateways > 1 else []  # one gateway subscribes directly (docs/ARCHITECTURE.md)
+    procs = [spawn("gateway", i, servers, plan, logs, *shared) for i in range(gateways)]
     deadline = time.monotonic() + 30
     while any(_connects(logs / f"gateway-{i}.log") <= before[i] for i in range(gateways)):
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):

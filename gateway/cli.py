@@ -343,5 +343,12 @@ def bench_ingest(ctx: typer.Context) -> None:
     _run_bench("ingest", ctx.args)
 
 
+@bench_app.command("reliability", context_settings=_PASS_THROUGH)
+def bench_reliability(ctx: typer.Context) -> None:
+    """Broker restarts and kills, refused records, new devices: accepted, stored, dead-lettered, lost
+    (`--write` rewrites the table in docs/reliability.md)."""
+    _run_bench("reliability", ctx.args)
+
+
 if __name__ == "__main__":
     app()

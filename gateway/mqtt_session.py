@@ -31,7 +31,13 @@ TOPIC_CACHE_MAX = 100_000  # topics repeat per device; decoded once each
 
 
 class SessionError(ConnectionError):
-    """The broker refused us, broke the connection or spoke something this session does not."""
+    """The broker refused us, broke the connection or spoke something this session does not.
+
+    `received`: complete messages read before the connection broke. The broker that will see our
+    next connection may not redeliver them (a broker killed and restarted from an older snapshot),
+    so the caller stores them, unacknowledged, rather than drop them."""
+
+    received: Inbound | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,19 +219,23 @@ class MqttSession:
             if not inbound.topics:
                 self._check_heard()
             return inbound
-        while len(inbound) < max_messages:
-            try:
-                data = sock.recv(RECV_BYTES)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self._broken(f"connection lost: {exc}")
-            if not data:
-                self._broken("connection closed by the broker")
-            self._last_heard = time.monotonic()
-            self._pending = self._pending + data if self._pending else data
-            if self._parse(inbound, max_messages):
-                break
+        try:
+            while len(inbound) < max_messages:
+                try:
+                    data = sock.recv(RECV_BYTES)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    self._broken(f"connection lost: {exc}")
+                if not data:
+                    self._broken("connection closed by the broker")
+                self._last_heard = time.monotonic()
+                self._pending = self._pending + data if self._pending else data
+                if self._parse(inbound, max_messages):
+                    break
+        except SessionError as exc:
+            exc.received = inbound
+            raise
         return inbound
 
     def _parse(self, inbound: Inbound, max_messages: int) -> bool:

@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 import redis
 
 from gateway import decoders, keys
-from gateway.deadletters import letter
-from gateway.intake import Intake, Outcome, classify
+from gateway.guarded_intake import classify_guarded, classify_isolated
+from gateway.intake import Intake, Outcome
 from gateway.mqtt_session import Inbound, MqttSession, SessionError
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import RawMessage
@@ -122,6 +122,7 @@ class Gateway:
                         self._flush(session, inbound, stop)
                 except SessionError as exc:
                     self._lost(exc)
+                    self._keep(exc.received, stop)
                 except Exception as exc:  # never ends the loop: reconnect, the broker redelivers the batch
                     self._warn.warning("unexpected", "gateway failed on a batch, reconnecting: %r", exc)
                     log.debug("gateway failure", exc_info=True)
@@ -182,10 +183,13 @@ class Gateway:
             return inbound
         deadline = time.monotonic() + LINGER_S
         while len(inbound) < LINGER_UNTIL and (left := deadline - time.monotonic()) > 0:
-            more = session.receive(left, MAX_BATCH - len(inbound))
-            inbound.topics.extend(more.topics)
-            inbound.payloads.extend(more.payloads)
-            inbound.mids.extend(more.mids)
+            try:
+                more = session.receive(left, MAX_BATCH - len(inbound))
+            except SessionError as exc:  # hand on everything received so far, not only the last read
+                _extend(inbound, exc.received)
+                exc.received = inbound
+                raise
+            _extend(inbound, more)
         return inbound
 
     def _connect(self, stop: threading.Event) -> MqttSession | None:
@@ -210,6 +214,16 @@ class Gateway:
         log.info("gateway %s connected (session present: %s)", self._client_id, session.session_present)
         return session
 
+    def _keep(self, received: Inbound | None, stop: threading.Event) -> None:
+        """Messages read before the connection broke: stored, not acknowledged. A broker restarted
+        from an older snapshot (after a kill -9) would not send them again."""
+        if received is None or not received.topics:
+            return
+        try:
+            self._flush(None, received, stop)
+        except Exception as exc:
+            self._warn.warning("keep", "could not store messages read before the connection broke: %r", exc)
+
     def _lost(self, exc: SessionError) -> None:
         """Messages received but not acknowledged on the lost connection come again on the next one."""
         self._warn.warning("disconnect", "MQTT connection lost: %s", exc)
@@ -218,12 +232,16 @@ class Gateway:
             self._session.close()
         self._session = None
 
-    def _flush(self, session: MqttSession, inbound: Inbound, stop: threading.Event) -> None:
+    def _flush(self, session: MqttSession | None, inbound: Inbound, stop: threading.Event) -> None:
+        """Store the batch in Redis, then acknowledge it on `session` (None: the connection it came
+        on is gone, so the broker may or may not send it again; ingest folds a second copy)."""
         # One clock reading per batch: every message in it arrived within the last few milliseconds.
         now = datetime.now(UTC)
         messages = [RawMessage(t, p, now) for t, p in zip(inbound.topics, inbound.payloads, strict=True)]
         self._admit_misses(messages)
-        outcome = self._classify(messages, now)
+        outcome, failure = classify_guarded(messages, self._intake, now)
+        if failure:
+            self._warn.warning("classify", "decoding a batch failed, classified message by message: %s", failure)
         for key, text in outcome.warnings:
             self._warn.warning(key, "%s", text)
         while True:
@@ -233,57 +251,19 @@ class Gateway:
             except redis.RedisError as exc:
                 # Nothing is acknowledged, so the broker keeps every message of this batch for us.
                 self._warn.warning("redis", "Redis write failed, retrying: %s", exc)
-                session.keep_alive()
+                if session is not None:
+                    session.keep_alive()
                 if stop.wait(REDIS_RETRY_S):
                     return
             except Exception as exc:  # a record the stream format cannot carry (e.g. a lone surrogate)
                 self._warn.warning("encode", "a batch could not be written, isolating its messages: %r", exc)
-                outcome = self._isolate(messages, now)
-        session.ack(inbound.mids)
+                outcome = classify_isolated(messages, self._intake, now)
+        if session is not None:
+            session.ack(inbound.mids)
         self.stats.received += len(messages)
         self.stats.accepted_records += len(outcome.entry.records)
         self.stats.dead_letters.update(d.reason for d in outcome.entry.dead)
         self.stats.flushes += 1
-
-    def _classify(self, messages: list[RawMessage], now: datetime) -> Outcome:
-        """`classify`, which never raises by contract; should a decoder break it anyway (a bug, a
-        RecursionError), the batch is classified again message by message and each message that
-        still raises becomes a dead letter: one bad message must never stop the gateway."""
-        try:
-            return classify(messages, self._intake, now=now)
-        except Exception as exc:
-            self._warn.warning("classify", "decoding a batch failed, retrying message by message: %r", exc)
-        outcome = classify([], self._intake, now=now)
-        outcome.messages = messages
-        for msg in messages:
-            try:
-                one = classify([msg], self._intake, now=now)
-            except Exception as exc:
-                route = decoders.route(msg.topic)
-                device_id = route.device_id if route else None
-                detail = f"{type(exc).__name__}: {exc}"[:200]
-                outcome.entry.dead.append(letter(msg.topic, msg.payload, "decoder_error", now, device_id, detail))
-                continue
-            _merge(outcome, one)
-        return outcome
-
-    def _isolate(self, messages: list[RawMessage], now: datetime) -> Outcome:
-        """The batch again, each message's records checked alone against the stream format; a
-        message whose records cannot be encoded becomes one dead letter with its raw bytes."""
-        outcome = self._classify([], now)
-        outcome.messages = messages
-        for msg in messages:
-            one = self._classify([msg], now)
-            try:
-                encode_entry(one.entry)
-            except Exception as exc:
-                route = decoders.route(msg.topic)
-                detail = f"{type(exc).__name__}: {exc}"[:200].encode("utf-8", "backslashreplace").decode()
-                dead = letter(msg.topic, msg.payload, "unencodable", now, route.device_id if route else None, detail)
-                outcome.entry.dead.append(dead)
-                continue
-            _merge(outcome, one)
-        return outcome
 
     def _admit_misses(self, messages: list[RawMessage]) -> None:
         """A device is known from the moment its registration returns, though the cached set is
@@ -344,19 +324,14 @@ class Gateway:
         self._intake = self._intake.with_known(frozenset(m.decode() for m in members))
 
 
-def _merge(outcome: Outcome, one: Outcome) -> None:
-    """Add one message's outcome to a batch's."""
-    outcome.entry.records.extend(one.entry.records)
-    outcome.entry.received_at.extend(one.entry.received_at)
-    outcome.entry.dead.extend(one.entry.dead)
-    outcome.status.update(one.status)
-    outcome.acks.extend(one.acks)
-    outcome.ignored.extend(one.ignored)
-    outcome.counters.update(one.counters)
-    outcome.warnings.extend(one.warnings)
-
-
 NO_RETAINED = 0x20  # subscription option "retain handling 2": no retained messages on subscribing
+
+
+def _extend(inbound: Inbound, more: Inbound | None) -> None:
+    if more is not None:
+        inbound.topics.extend(more.topics)
+        inbound.payloads.extend(more.payloads)
+        inbound.mids.extend(more.mids)
 
 
 def subscription_filters(shared: bool) -> tuple[list[tuple[str, int]], list[str]]:

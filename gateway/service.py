@@ -82,6 +82,7 @@ class Gateway:
         decode: Callable[..., decoders.Decoded] = decoders.decode,
     ) -> None:
         self._target = mqtt_target
+        self._tls = mqtt_target.ssl_context()  # None for plain MQTT; built once, reused by every reconnect
         self._redis = stream_client(redis_url)
         self._stream_key = stream_key
         self._client_id = client_id or f"fleet-gateway-{socket.gethostname()}"
@@ -183,6 +184,7 @@ class Gateway:
         session = MqttSession(
             self._target.host, self._target.port, self._client_id, self._target.username, self._target.password,
             keepalive=KEEPALIVE_S, session_expiry_s=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM,
+            tls=self._tls,
         )  # fmt: skip
         try:
             session.connect([(f"$share/{SHARE_GROUP}/{t}", 1) for t in SUBSCRIPTIONS])

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from gateway.mqtt_session import MqttSession, SessionError, encode_varint
+from gateway.mqtt_codec import encode_varint
+from gateway.mqtt_session import MqttSession, SessionError
 
 Script = Callable[[socket.socket], None]
 

@@ -76,19 +76,25 @@ def connack_code(
     """The broker's CONNACK return code for these credentials, or None when nothing answers yet."""
     try:
         with socket.create_connection((LOOPBACK, port), timeout=timeout_s) as raw:
-            sock = tls.wrap_socket(raw, server_hostname=LOOPBACK) if tls is not None else raw
-            sock.sendall(connect_packet(f"fleet-stack-probe-{os.getpid()}", username, password))
-            reply = b""
-            while len(reply) < 4:
-                chunk = sock.recv(4 - len(reply))
-                if not chunk:
-                    return None
-                reply += chunk
-            if reply[0] == 0x20 and reply[3] == 0:
-                sock.sendall(codec.DISCONNECT_PACKET)
-            return reply[3] if reply[0] == 0x20 else None
+            if tls is None:
+                return _probe(raw, username, password)
+            with tls.wrap_socket(raw, server_hostname=LOOPBACK) as sock:
+                return _probe(sock, username, password)
     except OSError:
         return None
+
+
+def _probe(sock: socket.socket, username: str, password: str) -> int | None:
+    sock.sendall(connect_packet(f"fleet-stack-probe-{os.getpid()}", username, password))
+    reply = b""
+    while len(reply) < 4:
+        chunk = sock.recv(4 - len(reply))
+        if not chunk:
+            return None
+        reply += chunk
+    if reply[0] == 0x20 and reply[3] == 0:
+        sock.sendall(codec.DISCONNECT_PACKET)
+    return reply[3] if reply[0] == 0x20 else None
 
 
 class Mosquitto(Server):

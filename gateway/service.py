@@ -80,7 +80,10 @@ class Gateway:
         future_tolerance_s: float,
         client_id: str | None = None,
         decode: Callable[..., decoders.Decoded] = decoders.decode,
+        session_factory: Callable[..., MqttSession] = MqttSession,
     ) -> None:
+        """`session_factory`: the MQTT session class (bench/session.py measures paho in its place)."""
+        self._session_factory = session_factory
         self._target = mqtt_target
         self._tls = mqtt_target.ssl_context()  # None for plain MQTT; built once, reused by every reconnect
         self._redis = stream_client(redis_url)
@@ -181,7 +184,7 @@ class Gateway:
         return inbound
 
     def _connect(self, stop: threading.Event) -> MqttSession | None:
-        session = MqttSession(
+        session = self._session_factory(
             self._target.host, self._target.port, self._client_id, self._target.username, self._target.password,
             keepalive=KEEPALIVE_S, session_expiry_s=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM,
             tls=self._tls,

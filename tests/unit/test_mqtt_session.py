@@ -35,18 +35,22 @@ def publish(topic: str, payload: bytes, mid: int = 0, props: bytes = b"") -> byt
 
 
 def read_packet(sock: socket.socket) -> tuple[int, bytes]:
-    first = sock.recv(1)
-    length, shift = 0, 0
+    def more(n: int) -> bytes:
+        data = sock.recv(n)
+        if not data:
+            raise ConnectionError("the session closed the connection")
+        return data
+
+    header = more(1)
     while True:
-        digit = sock.recv(1)[0]
-        length |= (digit & 0x7F) << shift
-        shift += 7
-        if not digit & 0x80:
+        length, start = codec.decode_varint(header, 1)
+        if start > 0:
             break
+        header += more(1)
     body = b""
     while len(body) < length:
-        body += sock.recv(length - len(body))
-    return first[0] >> 4, body
+        body += more(length - len(body))
+    return header[0] >> 4, body
 
 
 CONNACK = b"\x20\x03\x00\x00\x00"

@@ -212,11 +212,16 @@ def start_servers(workdir: Path) -> Servers:
     return Servers(urls.database_url, urls.mqtt_url, urls.redis_url, stack.pids(), stack)
 
 
+# How a service process is started; bench/session.py puts a gateway on another MQTT client here.
+COMMANDS = {"ingest": [sys.executable, "-m", "gateway.cli", "ingest"],
+            "gateway": [sys.executable, "-m", "gateway.cli", "gateway"]}  # fmt: skip
+
+
 def spawn(role: str, i: int, servers: Servers, plan: Plan, logs: Path, *args: str) -> subprocess.Popen[bytes]:
     variable = {"ingest": "FLEET_INGEST_ID", "gateway": "FLEET_GATEWAY_ID"}[role]
     with (logs / f"{role}-{i}.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", role, *args],
+            [*COMMANDS[role], *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**servers.env(), variable: f"{plan.prefix}{role}{i}"},

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import orjson
 
+from gateway.mqtt_codec import DISCONNECT_PACKET
 from gateway.settings import MqttTarget
-from simulators.wire import connect_packet, publish_packet
+from simulators.wire import connect_packet, open_socket, publish_packet
 
 STALL_S = 30.0  # no progress for this long: stop waiting and report what is missing
 STEP_S = 0.01  # device time between one device's consecutive records
@@ -86,8 +87,10 @@ def publisher(plan: Plan, p: int, mqtt_url: str, ready: mp.Event, go: mp.Event, 
     packets = [publish_packet(t, b, i % 65535 + 1) for i, (t, b, _) in enumerate(msgs)]
     chunks = [b"".join(packets[i : i + chunk]) for i in range(0, len(packets), chunk)]
     target = MqttTarget.parse(mqtt_url)
-    sock = socket.create_connection((target.host, target.port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if target.tls:  # a reader thread next to the writer: fine on TCP, not on one OpenSSL connection
+        raise SystemExit("the benchmark's publishers speak plain MQTT: give an mqtt:// URL")
+    sock = open_socket(target.host, target.port, None)
+    sock.settimeout(None)
     sock.sendall(connect_packet(f"{plan.prefix}pub{p}", target.username, target.password, keepalive=600))
     if sock.recv(4)[:2] != b"\x20\x02":
         raise SystemExit(f"publisher {p}: broker refused the connection")
@@ -113,7 +116,7 @@ def publisher(plan: Plan, p: int, mqtt_url: str, ready: mp.Event, go: mp.Event, 
     while acks.count < len(msgs) and acks.error is None and time.monotonic() < deadline:
         time.sleep(0.002)
     last = time.time()
-    sock.sendall(b"\xe0\x00")
+    sock.sendall(DISCONNECT_PACKET)
     sock.close()
     results.put((p, PubResult(len(msgs), acks.count, first, last, time.process_time() - cpu0)))
 
@@ -178,14 +181,14 @@ def publish(plan: Plan, mqtt_url: str, on_sample: SampleCallback | None = None) 
 def publish_once(mqtt_url: str, client_id: str, topic: str, payload: bytes) -> None:
     """One QoS 1 message, waiting for its PUBACK."""
     target = MqttTarget.parse(mqtt_url)
-    with socket.create_connection((target.host, target.port), timeout=10) as sock:
+    with open_socket(target.host, target.port, target.ssl_context(), timeout=10) as sock:
         sock.sendall(connect_packet(client_id, target.username, target.password, keepalive=60))
         if sock.recv(4)[:2] != b"\x20\x02":
             raise SystemExit("the broker refused the benchmark's connection")
         sock.sendall(publish_packet(topic, payload, 1))
         if sock.recv(4)[:1] != b"\x40":
             raise SystemExit("no PUBACK for the probe message")
-        sock.sendall(b"\xe0\x00")
+        sock.sendall(DISCONNECT_PACKET)
 
 
 def baseline(plan: Plan, mqtt_url: str, *, drain: bool = False) -> tuple[float, int]:
@@ -228,10 +231,10 @@ def baseline(plan: Plan, mqtt_url: str, *, drain: bool = False) -> tuple[float, 
 def discard_session(mqtt_url: str, client_id: str) -> None:
     """Connect once with a clean session: the broker drops the persistent one of that client id."""
     target = MqttTarget.parse(mqtt_url)
-    with socket.create_connection((target.host, target.port), timeout=10) as sock:
+    with open_socket(target.host, target.port, target.ssl_context(), timeout=10) as sock:
         sock.sendall(connect_packet(client_id, target.username, target.password, keepalive=60))
         sock.recv(4)
-        sock.sendall(b"\xe0\x00")
+        sock.sendall(DISCONNECT_PACKET)
 
 
 class _LineCounter:

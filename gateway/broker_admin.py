@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
+from gateway.settings import MqttTarget
 from gateway.stack import dynsec
 from gateway.stack.model import DeviceCredentials
 
@@ -50,7 +51,9 @@ class BrokerAdminError(RuntimeError):
 class _Connection:
     """One admin MQTT connection: sends control messages and collects the responses by correlation id."""
 
-    def __init__(self, host: str, port: int, username: str, password: str, timeout_s: float) -> None:
+    def __init__(
+        self, host: str, port: int, username: str, password: str, timeout_s: float, tls: ssl.SSLContext | None
+    ) -> None:
         self.timeout_s = timeout_s
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -58,6 +61,8 @@ class _Connection:
             protocol=mqtt.MQTTv311,
         )
         self.client.username_pw_set(username, password)
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -123,16 +128,14 @@ class BrokerAdmin:
     """Device accounts through the admin account's URL, e.g. `StackUrls.mqtt_admin_url`."""
 
     def __init__(self, url: str | None, *, timeout_s: float = TIMEOUT_S) -> None:
-        parts = urlsplit(url or "")
-        if parts.scheme not in ("mqtt", "tcp") or not parts.username or not parts.password:
-            raise BrokerAdminError("the broker admin URL must look like mqtt://user:password@host:port")
-        self._target = (
-            parts.hostname or "127.0.0.1",
-            parts.port or 1883,
-            unquote(parts.username),
-            unquote(parts.password),
-            timeout_s,
-        )
+        try:
+            target = MqttTarget.parse(url or "")
+            tls = target.ssl_context()
+        except ValueError as exc:
+            raise BrokerAdminError(str(exc)) from None
+        if not target.username or not target.password:
+            raise BrokerAdminError("the broker admin URL must look like mqtt[s]://user:password@host:port")
+        self._target = (target.host, target.port, target.username, target.password, timeout_s, tls)
         self._connection: _Connection | None = None
 
     def __enter__(self) -> BrokerAdmin:

@@ -350,5 +350,11 @@ def bench_reliability(ctx: typer.Context) -> None:
     _run_bench("reliability", ctx.args)
 
 
+@bench_app.command("session", context_settings=_PASS_THROUGH)
+def bench_session(ctx: typer.Context) -> None:
+    """Records/s through the whole pipeline with our MQTT session and with paho (manual acks), and the ratio."""
+    _run_bench("session", ctx.args)
+
+
 if __name__ == "__main__":
     app()

@@ -9,10 +9,11 @@ stack's account for that service. URLs you give are used as given.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.settings import Settings, redact, redacted_repr
+from gateway.settings import Settings, redact, redacted_repr, with_ca_file
 from gateway.stack.model import SERVICES, ServiceUrls
 
 if TYPE_CHECKING:
@@ -88,8 +89,10 @@ class Endpoints:
 def local_stack(settings: Settings) -> Stack:
     from gateway.stack import Ports, Stack
 
-    ports = Ports(mqtt=settings.mqtt_port, postgres=settings.postgres_port, redis=settings.redis_port)
-    return Stack(settings.state_dir, ports)
+    ports = Ports(
+        mqtt=settings.mqtt_port, postgres=settings.postgres_port, redis=settings.redis_port, mqtts=settings.mqtts_port
+    )
+    return Stack(settings.state_dir, ports, mqtt_plain=settings.mqtt_plain)
 
 
 def _given(settings: Settings, service: str) -> ServiceUrls:
@@ -116,31 +119,44 @@ def _overlay(given: ServiceUrls, stack: ServiceUrls) -> ServiceUrls:
     )
 
 
+def _trusting(urls: ServiceUrls, ca: str | Path | None) -> ServiceUrls:
+    """`urls` with their mqtts URLs naming `ca` where they name no CA of their own."""
+    return replace(
+        urls,
+        mqtt_url=with_ca_file(urls.mqtt_url, ca) if urls.mqtt_url else None,
+        mqtt_admin_url=with_ca_file(urls.mqtt_admin_url, ca) if urls.mqtt_admin_url else None,
+    )
+
+
 def resolve(settings: Settings, *, start: bool = False, service: str | None = None) -> Endpoints:
     """External URLs win; anything unset comes from the local stack (started first if `start`).
 
     With `service`, the result is that service's view (`Endpoints.for_service`), and the local
-    stack is consulted only if the settings lack something the service needs.
+    stack is consulted only if the settings lack something the service needs. An mqtts URL without
+    `?cafile=` trusts `FLEET_MQTT_CA_FILE`, else (local stack) the stack's own CA.
     """
     given = {name: _given(settings, name) for name in SERVICES}
+    ca: str | Path | None = settings.mqtt_ca_file
     if settings.external if service is None else _complete(given[service], service):
+        admin = settings.mqtt_admin_url
         endpoints = Endpoints(
             settings.database_url or "",
-            settings.mqtt_url or "",
+            with_ca_file(settings.mqtt_url or "", ca),
             settings.redis_url or "",
-            settings.mqtt_admin_url,
+            with_ca_file(admin, ca) if admin else None,
             local_stack=False,
-            services=given,
+            services={name: _trusting(urls, ca) for name, urls in given.items()},
         )
     else:
         stack = local_stack(settings)
         urls = stack.up() if start else stack.urls()
+        ca = ca or stack.ca_file  # an mqtts URL of ours without a CA trusts the stack's own
         endpoints = Endpoints(
             settings.database_url or urls.database_url,
-            settings.mqtt_url or urls.mqtt_url,
+            with_ca_file(settings.mqtt_url or urls.mqtt_url, ca),
             settings.redis_url or urls.redis_url,
-            settings.mqtt_admin_url or urls.mqtt_admin_url,
+            with_ca_file(settings.mqtt_admin_url or urls.mqtt_admin_url, ca),
             local_stack=True,
-            services={name: _overlay(given[name], urls.services[name]) for name in SERVICES},
+            services={name: _trusting(_overlay(given[name], urls.services[name]), ca) for name in SERVICES},
         )
     return endpoints.for_service(service) if service else endpoints

@@ -72,7 +72,14 @@ def simulate(
     target = MqttTarget.parse(settings.mqtt_url or resolve(settings).mqtt_url)  # only its address is used
     with live_progress(console) as show:
         summary = asyncio.run(
-            run_fleet(config, mqtt_host=target.host, mqtt_port=target.port, credentials=credentials, on_progress=show)
+            run_fleet(
+                config,
+                mqtt_host=target.host,
+                mqtt_port=target.port,
+                credentials=credentials,
+                on_progress=show,
+                tls=target.ssl_context(),
+            )
         )
     console.print(summary_table(summary))
     return summary

@@ -1,33 +1,40 @@
 """The gateway's MQTT 5 connection: one persistent session that receives in bulk and acknowledges in bulk.
 
-Why not paho: measured on the 2-core reference box, paho's network loop costs about 35 µs of Python
-per QoS 1 message (one `recv` per packet header, a `Properties` object per message, one `send` per
-PUBACK, and a wake-up of the network thread for every acknowledgement sent from another thread),
-which held the whole gateway to about 4,700 messages/s. This session reads the socket in large
-chunks, parses every complete packet in one pass (about 1.5 µs a message) and sends the PUBACKs of
-a stored batch in one write.
+Why not paho: paho's network loop costs Python time per QoS 1 message (one `recv` per packet header,
+a `Properties` object per message, one `send` per PUBACK, and a wake-up of the network thread for
+every acknowledgement sent from another thread). This session reads the socket in large chunks,
+parses every complete packet in one pass and sends the PUBACKs of a stored batch in one write.
+`fleet bench session` measures the whole pipeline with both (docs/performance.md has the figures).
 
-It speaks only what the gateway needs: CONNECT (clean start off, session expiry, receive maximum),
-SUBSCRIBE (shared subscriptions included), PUBLISH received at QoS 0 or 1, PUBACK, PINGREQ and
-DISCONNECT. The broker never sends topic aliases (we announce a maximum of 0) and never QoS 2
-(we subscribe at QoS 1 at most). Anything else from the broker is a protocol error that ends the
-connection; the caller reconnects and the persistent session redelivers what was not acknowledged.
+It speaks only what the gateway needs: CONNECT (clean start off, session expiry, receive maximum,
+maximum packet size), SUBSCRIBE (shared subscriptions included), UNSUBSCRIBE (waiting for UNSUBACK),
+PUBLISH received at QoS 0 or 1, PUBACK, PINGREQ and DISCONNECT, over TCP or TLS. CONNACK's
+properties are obeyed: the Server Keep Alive replaces ours, the broker's Maximum Packet Size bounds
+what we send, a broker without shared or wildcard subscriptions or without QoS 1 is refused (the
+gateway cannot work on it). Receive Maximum and Topic Alias Maximum limit the broker's view of *our*
+publishing: this session never publishes and never sends an alias. The broker never sends us topic
+aliases (we announce a maximum of 0) and never QoS 2 (we subscribe at QoS 1 at most); anything
+malformed or unexpected ends the connection with `SessionError`, the caller reconnects and the
+persistent session redelivers what was not acknowledged.
 """
 
 from __future__ import annotations
 
 import select
 import socket
-import struct
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-PUBLISH, PUBACK, SUBACK, UNSUBACK, PINGRESP, DISCONNECT = 3, 4, 9, 11, 13, 14
-CONNACK = 2
+from gateway import mqtt_codec as codec
+from gateway.mqtt_codec import MalformedPacket
+
 RECV_BYTES = 1 << 20
-TOPIC_CACHE_MAX = 100_000  # topics repeat per device; decoded once each
+MAX_PACKET_BYTES = 1 << 20  # announced in CONNECT: the broker drops larger messages instead of sending them
+WRITE_TIMEOUT_S = 10.0  # a write the broker does not take within this ends the connection
+MID_SUBSCRIBE, MID_UNSUBSCRIBE = 1, 2
 
 
 class SessionError(ConnectionError):
@@ -52,77 +59,32 @@ class Inbound:
         return len(self.topics)
 
 
-def encode_varint(n: int) -> bytes:
-    """MQTT variable byte integer (also used by the simulators' load publisher)."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def encode_string(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + encode_varint(len(body)) + body
-
-
-def connect_payload(client_id: str, username: str | None, password: str | None) -> tuple[int, bytes]:
-    """CONNECT's credential flags and payload, alike in MQTT 3.1.1 and 5 (also used by the simulators'
-    load publisher)."""
-    flags = 0
-    payload = encode_string(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += encode_string(username)
-        if password is not None:
-            flags |= 0x40
-            payload += encode_string(password)
-    return flags, payload
-
-
 def connect_packet(
     client_id: str, username: str | None, password: str | None, *, keepalive: int, session_expiry_s: int,
-    receive_maximum: int,
+    receive_maximum: int, maximum_packet_size: int = MAX_PACKET_BYTES,
 ) -> bytes:  # fmt: skip
     # Clean start stays off: the broker keeps our subscriptions and unacknowledged messages.
-    flags, payload = connect_payload(client_id, username, password)
-    props = b"\x11" + struct.pack("!I", session_expiry_s) + b"\x21" + struct.pack("!H", receive_maximum)
-    body = encode_string("MQTT") + bytes([5, flags]) + struct.pack("!H", keepalive) + encode_varint(len(props)) + props
-    return _packet(0x10, body + payload)
-
-
-def subscribe_packet(mid: int, filters: Sequence[tuple[str, int]]) -> bytes:
-    body = struct.pack("!H", mid) + b"\x00" + b"".join(encode_string(f) + bytes([qos]) for f, qos in filters)
-    return _packet(0x82, body)
-
-
-def unsubscribe_packet(mid: int, filters: Sequence[str]) -> bytes:
-    return _packet(0xA2, struct.pack("!H", mid) + b"\x00" + b"".join(encode_string(f) for f in filters))
-
-
-END_SESSION = b"\xe0\x07\x00\x05\x11\x00\x00\x00\x00"  # DISCONNECT, normal, session expiry now
-
-
-def puback_packets(mids: Iterable[int]) -> bytes:
-    """PUBACKs with reason 'success' left implicit (MQTT 5 §3.4.2.1): 4 bytes each."""
-    return b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in mids)
+    props = (
+        codec.prop_u32(codec.SESSION_EXPIRY, session_expiry_s)
+        + codec.prop_u16(codec.RECEIVE_MAXIMUM, receive_maximum)
+        + codec.prop_u32(codec.MAXIMUM_PACKET_SIZE, maximum_packet_size)
+    )
+    return codec.connect_packet(client_id, username, password, keepalive=keepalive, clean=False, properties=props)
 
 
 class MqttSession:
     """One connection of a persistent MQTT 5 session. Not thread-safe: one thread owns it.
 
-    `connect()` raises `SessionError`; so do `receive()` and `ack()` once the connection is broken,
-    after which the object is spent and the caller makes a new one.
+    `connect()` raises `SessionError`; so do `receive()`, `ack()` and `unsubscribe()` once the
+    connection is broken, after which the object is spent and the caller makes a new one.
+    `tls` (an `ssl.SSLContext`) wraps the connection in TLS, checking the broker's certificate
+    against `host`.
     """
 
     def __init__(
         self, host: str, port: int, client_id: str, username: str | None, password: str | None, *,
         keepalive: int = 30, session_expiry_s: int = 7 * 24 * 3600, receive_maximum: int = 20_000,
+        maximum_packet_size: int = MAX_PACKET_BYTES, tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
         self._address = (host, port)
         self._client_id = client_id
@@ -130,6 +92,9 @@ class MqttSession:
         self._keepalive = keepalive
         self._expiry = session_expiry_s
         self._receive_maximum = receive_maximum
+        self._max_in = maximum_packet_size
+        self._max_out = codec.VARINT_MAX + 5  # until CONNACK says otherwise
+        self._tls = tls
         self._sock: socket.socket | None = None
         self._pending = b""
         self._last_sent = 0.0
@@ -139,61 +104,109 @@ class MqttSession:
 
     # -- connection ---------------------------------------------------------------------------------
     def connect(self, filters: Sequence[tuple[str, int]], timeout: float = 10.0) -> None:
+        host, port = self._address
         try:
             sock = socket.create_connection(self._address, timeout=timeout)
         except OSError as exc:
-            raise SessionError(f"cannot reach the broker at {self._address[0]}:{self._address[1]}: {exc}") from None
-        self._sock = sock
+            raise SessionError(f"cannot reach the broker at {host}:{port}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            try:
+                sock = self._tls.wrap_socket(sock, server_hostname=host)  # handshake within `timeout`
+            except OSError as exc:  # ssl.SSLError (a certificate we do not trust) included
+                sock.close()
+                raise SessionError(f"TLS with the broker at {host}:{port} failed: {exc}") from None
+        self._sock = sock
         username, password = self._credentials
         self._send(connect_packet(self._client_id, username, password, keepalive=self._keepalive,
-                                  session_expiry_s=self._expiry, receive_maximum=self._receive_maximum))  # fmt: skip
-        kind, body, _raw = self._read_one(timeout)
-        if kind != CONNACK or len(body) < 2:
-            self._broken(f"expected CONNACK, got packet type {kind}")
-        if body[1] != 0:
-            self._broken(f"broker refused the connection (reason code 0x{body[1]:02x})")
-        self.session_present = bool(body[0] & 1)
-        self._send(subscribe_packet(1, filters))
-        # A persistent session's queued messages may arrive before the SUBACK: keep them for receive().
-        held: list[bytes] = []
-        while True:
-            kind, body, raw = self._read_one(timeout)
-            if kind == SUBACK:
-                break
-            if kind == PUBLISH:
-                held.append(raw)
-            elif kind != PINGRESP:
-                self._broken(f"expected SUBACK, got packet type {kind}")
+                                  session_expiry_s=self._expiry, receive_maximum=self._receive_maximum,
+                                  maximum_packet_size=self._max_in))  # fmt: skip
+        first, body, _raw = self._read_one(timeout)
+        if first != codec.FIXED_FIRST[codec.CONNACK]:
+            self._broken(f"expected CONNACK, got packet type {first >> 4}")
         try:
-            props_len, start = _varint_at(body, 2)
-        except ValueError:
-            self._broken("malformed SUBACK from the broker")
-        codes = body[start + props_len :] if start >= 0 else b""
+            connack = codec.parse_connack(body)
+        except MalformedPacket as exc:
+            self._broken(f"malformed CONNACK from the broker: {exc}")
+        if connack.reason != 0:
+            why = connack.properties.get(codec.REASON_STRING, "")
+            self._broken(f"broker refused the connection (reason code 0x{connack.reason:02x}) {why}".rstrip())
+        self.session_present = connack.session_present
+        self._obey(connack.properties, filters)
+        self._send(codec.subscribe_packet(MID_SUBSCRIBE, filters))
+        codes = self._await_ack(codec.SUBACK, MID_SUBSCRIBE, timeout)
         refused = [f for (f, _q), code in zip(filters, codes, strict=False) if code >= 0x80]
         if refused or len(codes) != len(filters):
             self._broken(f"broker refused the subscriptions {refused or list(filters)}")
-        self._pending = b"".join(held) + self._pending
         sock.setblocking(False)
+
+    def _obey(self, props: dict[int, int | str | bytes], filters: Sequence[tuple[str, int]]) -> None:
+        """CONNACK's properties (MQTT 5 §3.2.2.3): what the broker allows and how it wants us to behave."""
+        if (keepalive := props.get(codec.SERVER_KEEP_ALIVE)) is not None:
+            self._keepalive = int(keepalive)
+        if (expiry := props.get(codec.SESSION_EXPIRY)) is not None:
+            self._expiry = int(expiry)
+        if (max_out := props.get(codec.MAXIMUM_PACKET_SIZE)) is not None:
+            if not max_out:
+                self._broken("CONNACK gives a Maximum Packet Size of 0")
+            self._max_out = int(max_out)
+        if props.get(codec.MAXIMUM_QOS, 2) == 0 and any(q for _f, q in filters):
+            self._broken("the broker allows only QoS 0; the gateway needs QoS 1 to lose nothing")
+        if props.get(codec.SHARED_AVAILABLE, 1) == 0 and any(f.startswith("$share/") for f, _q in filters):
+            self._broken("the broker does not offer shared subscriptions")
+        if props.get(codec.WILDCARD_AVAILABLE, 1) == 0 and any("+" in f or "#" in f for f, _q in filters):
+            self._broken("the broker does not offer wildcard subscriptions")
+        if codec.RECEIVE_MAXIMUM in props and not props[codec.RECEIVE_MAXIMUM]:
+            self._broken("CONNACK gives a Receive Maximum of 0")
+
+    def _await_ack(self, kind: int, mid: int, timeout: float) -> bytes:
+        """Wait for SUBACK/UNSUBACK `mid`; messages that arrive first are kept for `receive()`."""
+        held: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            first, body, raw = self._read_one(max(0.0, deadline - time.monotonic()))
+            if first >> 4 == codec.PUBLISH:
+                held.append(raw)
+                continue
+            if first == codec.FIXED_FIRST[codec.PINGRESP]:
+                continue
+            if first != codec.FIXED_FIRST[kind]:
+                self._control(first, body)
+                self._broken(f"expected packet type {kind}, got {first >> 4}")
+            try:
+                got, codes = codec.parse_ack(body)
+            except MalformedPacket as exc:
+                self._broken(f"malformed acknowledgement from the broker: {exc}")
+            if got == mid:
+                self._pending = b"".join(held) + self._pending
+                return codes
 
     def close(self) -> None:
         """Leave the session open at the broker (a normal DISCONNECT keeps a persistent session)."""
-        self._disconnect(b"\xe0\x00")
+        self._disconnect(codec.DISCONNECT_PACKET)
 
-    def unsubscribe(self, filters: Sequence[str]) -> None:
-        """The broker stops assigning new messages to this session; those already queued still come."""
-        self._send(unsubscribe_packet(2, filters))
+    def unsubscribe(self, filters: Sequence[str], timeout: float = 10.0) -> None:
+        """The broker stops assigning new messages to this session; those already queued still come.
+        Returns once the broker has acknowledged it (UNSUBACK)."""
+        sock = self._require()
+        sock.settimeout(timeout)
+        self._send(codec.unsubscribe_packet(MID_UNSUBSCRIBE, filters))
+        codes = self._await_ack(codec.UNSUBACK, MID_UNSUBSCRIBE, timeout)
+        sock.setblocking(False)
+        # 0x11: there was no such subscription (already gone): nothing more to stop
+        refused = [f for f, code in zip(filters, codes, strict=False) if code >= 0x80]
+        if refused or len(codes) != len(filters):
+            self._broken(f"broker refused to unsubscribe {refused or list(filters)}")
 
     def end(self) -> None:
         """Close and delete the session at the broker, with anything still queued in it."""
-        self._disconnect(END_SESSION)
+        self._disconnect(codec.END_SESSION_PACKET)
 
     def _disconnect(self, packet: bytes) -> None:
         """Send DISCONNECT (best effort: the broker may be gone already) and close the socket."""
         if self._sock is None:
             return
         try:
-            self._sock.setblocking(True)
             self._sock.settimeout(1.0)
             self._sock.sendall(packet)
         except OSError:
@@ -205,6 +218,11 @@ class MqttSession:
     def connected(self) -> bool:
         return self._sock is not None
 
+    @property
+    def keepalive(self) -> int:
+        """The keepalive in force: ours, or the broker's Server Keep Alive."""
+        return self._keepalive
+
     # -- traffic ------------------------------------------------------------------------------------
     def receive(self, timeout: float, max_messages: int) -> Inbound:
         """Everything complete that has arrived (up to about `max_messages`), waiting at most
@@ -214,16 +232,19 @@ class MqttSession:
         self.keep_alive()
         if self._pending and self._parse(inbound, max_messages):
             return inbound
-        readable, _, _ = select.select([sock], [], [], 0 if inbound.topics else timeout)
-        if not readable:
-            if not inbound.topics:
-                self._check_heard()
-            return inbound
+        # TLS may hold decrypted bytes that select() cannot see
+        buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        if not buffered:
+            readable, _, _ = select.select([sock], [], [], 0 if inbound.topics else timeout)
+            if not readable:
+                if not inbound.topics:
+                    self._check_heard()
+                return inbound
         try:
             while len(inbound) < max_messages:
                 try:
-                    data = sock.recv(RECV_BYTES)
-                except BlockingIOError:
+                    data = sock.recv(RECV_BYTES)  # TLS: at most one record (16 KiB) per call
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     break
                 except OSError as exc:
                     self._broken(f"connection lost: {exc}")
@@ -239,127 +260,86 @@ class MqttSession:
         return inbound
 
     def _parse(self, inbound: Inbound, max_messages: int) -> bool:
+        """Parse complete packets from `_pending` into `inbound`; True once `max_messages` is reached."""
+        controls: list[tuple[int, bytes]] = []
         try:
-            return self._parse_packets(inbound, max_messages)
-        except (IndexError, ValueError):  # a length field pointing past its packet, or too long
-            self._broken("malformed packet from the broker")
+            used = codec.parse_inbound(
+                self._pending, inbound.topics, inbound.payloads, inbound.mids, controls,
+                max_messages=max_messages, max_size=self._max_in, cache=self._topics,
+            )  # fmt: skip
+        except MalformedPacket as exc:
+            self._broken(f"malformed packet from the broker: {exc}")
+        self._pending = self._pending[used:]
+        for first, body in controls:
+            self._control(first, body)
+        return len(inbound) >= max_messages
 
     def ack(self, mids: Iterable[int]) -> None:
-        data = puback_packets(m for m in mids if m)
+        data = codec.puback_packets(m for m in mids if m)
         if data:
             self._send(data)
 
     # -- internals ----------------------------------------------------------------------------------
-    def _parse_packets(self, inbound: Inbound, max_messages: int) -> bool:
-        """Parse complete packets from `_pending` into `inbound`; True once `max_messages` is reached."""
-        data, i, n = self._pending, 0, len(self._pending)
-        topics, payloads, mids, cache = inbound.topics, inbound.payloads, inbound.mids, self._topics
-        full = False
-        while i + 2 <= n:
-            first = data[i]
-            # remaining length: one byte below 128, two below 16 KiB; the general case is rare
-            digit = data[i + 1]
-            if digit < 0x80:
-                length, j = digit, i + 2
-            elif i + 2 < n and data[i + 2] < 0x80:
-                length, j = (digit & 0x7F) | data[i + 2] << 7, i + 3
-            else:
-                length, j = _varint_at(data, i + 1)
-            end = j + length
-            if j < 0 or end > n:
-                break  # incomplete
-            if first >> 4 == PUBLISH:
-                k = j + 2 + (data[j] << 8 | data[j + 1])
-                raw_topic = data[j + 2 : k]
-                topic = cache.get(raw_topic)
-                if topic is None:
-                    topic = self._topic(raw_topic)
-                if first & 0x06:
-                    mids.append(data[k] << 8 | data[k + 1])
-                    k += 2
-                else:
-                    mids.append(0)
-                props = data[k]
-                if props == 0:
-                    k += 1
-                else:
-                    props, k = _varint_at(data, k)
-                    k += props
-                topics.append(topic)
-                payloads.append(data[k:end])
-            else:
-                self._control(first, data[j:end])
-            i = end
-            if len(topics) >= max_messages:
-                full = True
-                break
-        self._pending = data[i:]
-        return full
-
-    def _topic(self, raw: bytes) -> str:
-        if len(self._topics) >= TOPIC_CACHE_MAX:
-            self._topics.clear()
-        try:
-            topic = raw.decode()
-        except UnicodeDecodeError:
-            self._broken("broker sent a topic that is not UTF-8")
-        self._topics[raw] = topic
-        return topic
-
     def _control(self, first: int, body: bytes) -> None:
         kind = first >> 4
-        if kind in (PINGRESP, SUBACK, UNSUBACK):
+        if first != codec.FIXED_FIRST.get(kind):
+            self._broken(f"malformed packet from the broker: packet type {kind} with flags 0x{first & 15:x}")
+        if kind == codec.PINGRESP and not body:
             return
-        if kind == DISCONNECT:
+        if kind in (codec.SUBACK, codec.UNSUBACK):
+            return  # a late duplicate; both were awaited when they mattered
+        if kind == codec.DISCONNECT:
             reason = body[0] if body else 0
             self._broken(f"broker disconnected us (reason code 0x{reason:02x})")
         self._broken(f"unexpected packet type {kind} from the broker")
 
     def keep_alive(self) -> None:
         """Send a PINGREQ if nothing was sent for half the keepalive (also while the caller is stuck)."""
-        if time.monotonic() - self._last_sent > self._keepalive / 2:
-            self._send(b"\xc0\x00")
+        if self._keepalive and time.monotonic() - self._last_sent > self._keepalive / 2:
+            self._send(codec.PINGREQ_PACKET)
 
     def _check_heard(self) -> None:
         if self._keepalive and time.monotonic() - self._last_heard > 1.5 * self._keepalive:
             self._broken("broker silent for longer than the keepalive")
 
     def _send(self, data: bytes) -> None:
+        """Write all of `data` within `WRITE_TIMEOUT_S`, or end the connection."""
         sock = self._require()
+        if len(data) > self._max_out and data[0] >> 4 != codec.PUBACK:  # PUBACKs go in bulk, 4 bytes each
+            self._broken(f"a {len(data)}-byte packet is above the broker's Maximum Packet Size {self._max_out}")
+        view, deadline = memoryview(data), time.monotonic() + WRITE_TIMEOUT_S
         try:
-            if sock.getblocking():
-                sock.sendall(data)
-            else:
-                self._send_nonblocking(sock, data)
-        except OSError as exc:
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                    continue
+                except (BlockingIOError, ssl.SSLWantWriteError):
+                    wait_read = False
+                except ssl.SSLWantReadError:
+                    wait_read = True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._broken(f"the broker took no data for {WRITE_TIMEOUT_S:.0f} s")
+                select.select([sock] if wait_read else [], [] if wait_read else [sock], [], left)
+        except SessionError:
+            raise
+        except OSError as exc:  # socket.timeout in blocking mode included
             self._broken(f"send failed: {exc}")
         self._last_sent = time.monotonic()
 
-    @staticmethod
-    def _send_nonblocking(sock: socket.socket, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = sock.send(view)
-            except BlockingIOError:
-                select.select([], [sock], [], 5.0)
-                continue
-            view = view[sent:]
-
     def _read_one(self, timeout: float) -> tuple[int, bytes, bytes]:
-        """One whole packet while connecting: (type, body, the packet's bytes)."""
+        """One whole packet while connecting: (first byte, body, the packet's bytes)."""
         sock = self._require()
         deadline = time.monotonic() + timeout
         while True:
-            if len(self._pending) >= 2:
-                try:
-                    length, j = _varint_at(self._pending, 1)
-                except ValueError:
-                    self._broken("malformed packet from the broker")
-                if j >= 0 and j + length <= len(self._pending):
-                    raw, self._pending = self._pending[: j + length], self._pending[j + length :]
-                    self._last_heard = time.monotonic()
-                    return raw[0] >> 4, raw[j:], raw
+            try:
+                j, end = codec.frame(self._pending, 0, self._max_in)
+            except MalformedPacket as exc:
+                self._broken(f"malformed packet from the broker: {exc}")
+            if j >= 0:
+                raw, self._pending = self._pending[:end], self._pending[end:]
+                self._last_heard = time.monotonic()
+                return raw[0], raw[j:], raw
             left = deadline - time.monotonic()
             if left <= 0:
                 self._broken("no answer from the broker")
@@ -382,17 +362,3 @@ class MqttSession:
             self._sock.close()
             self._sock = None
         raise SessionError(why)
-
-
-def _varint_at(data: bytes, i: int) -> tuple[int, int]:
-    """(value, index after it), or (0, -1) when the bytes end first. More than 4 bytes: ValueError."""
-    value, shift = 0, 0
-    for j in range(i, min(i + 4, len(data))):
-        digit = data[j]
-        value |= (digit & 0x7F) << shift
-        if not digit & 0x80:
-            return value, j + 1
-        shift += 7
-    if len(data) - i >= 4:
-        raise ValueError("a variable byte integer longer than 4 bytes")
-    return 0, -1

@@ -83,8 +83,12 @@ class Gateway:
         client_id: str | None = None,
         decode: Callable[..., decoders.Decoded] = decoders.decode,
         shared: bool = False,
+        session_factory: Callable[..., MqttSession] = MqttSession,
     ) -> None:
+        """`session_factory`: the MQTT session class (bench/session.py measures paho in its place)."""
+        self._session_factory = session_factory
         self._target = mqtt_target
+        self._tls = mqtt_target.ssl_context()  # None for plain MQTT; built once, reused by every reconnect
         self._redis = stream_client(redis_url)
         self._stream_key = stream_key
         self._client_id = client_id or f"fleet-gateway-{socket.gethostname()}"
@@ -193,9 +197,10 @@ class Gateway:
         return inbound
 
     def _connect(self, stop: threading.Event) -> MqttSession | None:
-        session = MqttSession(
+        session = self._session_factory(
             self._target.host, self._target.port, self._client_id, self._target.username, self._target.password,
             keepalive=KEEPALIVE_S, session_expiry_s=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM,
+            tls=self._tls,
         )  # fmt: skip
         try:
             session.connect(self._filters)

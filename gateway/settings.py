@@ -6,9 +6,10 @@ construct their own without touching the process environment.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
     mqtt_url: str | None = None
     redis_url: str | None = None
     mqtt_admin_url: str | None = None  # account allowed to manage device credentials at the broker
+    # CA that signs the broker's certificate, for mqtts:// URLs without `?cafile=` (local stack: its own CA)
+    mqtt_ca_file: Path | None = None
+    # The local stack's plain listener; off, the services are handed mqtts:// URLs (TLS stays on anyway)
+    mqtt_plain: bool = True
 
     # Each service's own accounts (FLEET_INGEST_DATABASE_URL, ...): with the local stack, its
     # least-privileged role and ACL user; set one to override it, or leave it unset to use the
@@ -51,6 +56,7 @@ class Settings(BaseSettings):
     api_redis_url: str | None = None
 
     mqtt_port: int = 18831
+    mqtts_port: int = 18883
     postgres_port: int = 15433
     redis_port: int = 16380
 
@@ -77,24 +83,55 @@ class Settings(BaseSettings):
 
 @dataclass(frozen=True, slots=True)
 class MqttTarget:
-    """An `mqtt://user:password@host:port` URL taken apart once, for paho and aiomqtt alike."""
+    """An `mqtt://user:password@host:port` or `mqtts://...?cafile=/path/ca.crt` URL taken apart once,
+    for our own session, paho and aiomqtt alike.
+
+    `mqtts` is MQTT over TLS (default port 8883). The broker's certificate is checked against
+    `ca_file` (the `cafile` query, else `default_ca_file`), or against the system's trusted CAs when
+    neither is given; its name must match `host`.
+    """
 
     host: str
     port: int
     username: str | None
     password: str | None = field(repr=False)
+    tls: bool = False
+    ca_file: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> MqttTarget:
+    def parse(cls, url: str, default_ca_file: str | None = None) -> MqttTarget:
         parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"MQTT URL must start with mqtt://, got {redact(url)!r}")
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+            raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {redact(url)!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
+        query = parse_qs(parts.query)
+        ca_file = query["cafile"][-1] if "cafile" in query else default_ca_file
         return cls(
             host=parts.hostname or "127.0.0.1",
-            port=parts.port or 1883,
+            port=parts.port or (8883 if tls else 1883),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+            ca_file=ca_file if tls else None,
         )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context that checks the broker's certificate and name (None for plain MQTT)."""
+        if not self.tls:
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot read the MQTT CA file {self.ca_file}: {exc}") from None
+
+
+def with_ca_file(url: str, ca_file: str | Path | None) -> str:
+    """`url` with `?cafile=` added when it is an mqtts URL that names none (others are returned as is)."""
+    parts = urlsplit(url)
+    if ca_file is None or parts.scheme not in ("mqtts", "ssl") or "cafile" in parse_qs(parts.query):
+        return url
+    query = "&".join(q for q in (parts.query, urlencode({"cafile": str(ca_file)}, safe="/")) if q)
+    return urlunsplit(parts._replace(query=query))
 
 
 def redact(url: str) -> str:

@@ -99,6 +99,7 @@ class DeviceSim:
             properties=_connect_properties(self.run.config.session_expiry_s),
             keepalive=self.run.config.keepalive_s,
             timeout=30,
+            tls_context=self.run.tls,
         )
         async with client:
             self.run.connected(+1)

@@ -13,6 +13,7 @@ import errno
 import functools
 import logging
 import resource
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -98,10 +99,11 @@ class _Ramp:
 class FleetRun:
     """State shared by the device tasks of one run."""
 
-    def __init__(self, config: SimConfig, host: str, port: int) -> None:
+    def __init__(self, config: SimConfig, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.host = host
         self.port = port
+        self.tls = tls  # MQTT over TLS when given; one context shared by every device
         self.t0_wall = time.time()
         self.t0_sim = config.start_time if config.start_time is not None else self.t0_wall
         self.ramp = _Ramp(config.connect_rate)
@@ -188,18 +190,20 @@ async def run_fleet(
     mqtt_port: int,
     credentials: Mapping[str, str],
     on_progress: Callable[[Progress], None] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> SimSummary:
     """Run the fleet until `duration_s` has passed or `count` messages are out, whichever is first.
 
     `credentials` maps device id to MQTT password; ids missing from it connect without a password
-    (fine for a broker that allows anonymous clients, refused and retried otherwise).
+    (fine for a broker that allows anonymous clients, refused and retried otherwise). `tls`: every
+    device connects over TLS with this context.
     """
     raise_open_files(config.devices * FDS_PER_DEVICE + 256)
     loop = asyncio.get_running_loop()
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(functools.partial(_quiet_closed_socket_races, previous_handler))
     try:
-        return await _run(config, mqtt_host, mqtt_port, credentials, on_progress)
+        return await _run(config, mqtt_host, mqtt_port, credentials, on_progress, tls)
     finally:
         loop.set_exception_handler(previous_handler)
 
@@ -210,8 +214,9 @@ async def _run(
     mqtt_port: int,
     credentials: Mapping[str, str],
     on_progress: Callable[[Progress], None] | None,
+    tls: ssl.SSLContext | None,
 ) -> SimSummary:
-    run = FleetRun(config, mqtt_host, mqtt_port)
+    run = FleetRun(config, mqtt_host, mqtt_port, tls)
     run.devices = [
         DeviceSim(run, role(config, i), credentials.get(device_id(config, i))) for i in range(config.devices)
     ]

@@ -11,6 +11,7 @@ drops what is unsent when its input closes); docs/simulators.md has the measurem
 from __future__ import annotations
 
 import math
+import ssl
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -58,6 +59,8 @@ class _Share:
     batch: int
     t_base: float
     seed: int
+    tls: bool = False  # an SSL context does not cross processes: each publisher builds its own
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +86,16 @@ def run_load(
     processes: int | None = None,
     seed: int = 1,
     id_prefix: str = "load-",
+    tls: bool = False,
+    ca_file: str | None = None,
 ) -> LoadSummary:
     """Publish `total` records from `devices` device ids at `rate` messages/s (0 = flat out).
 
     `batch` > 1 packs that many records into one v1 batch message (JSON only). Records carry
     past timestamps one second apart per device, so none is refused as future or collapsed as a
     duplicate. The broker user needs publish rights on every `fleet/{id}/...` (or
-    `owntracks/{id}/...`) topic of the `id_prefix` devices.
+    `owntracks/{id}/...`) topic of the `id_prefix` devices. `tls`: MQTT over TLS, the broker's
+    certificate checked against `ca_file` (default: the system's trusted CAs).
     """
     _check(total, rate, devices, fmt, batch)
     n_proc = max(1, min(processes or 1, devices))
@@ -109,6 +115,8 @@ def run_load(
             batch,
             t_base,
             seed,
+            tls,
+            ca_file,
         )
         for p in range(n_proc)
         if p < devices
@@ -200,8 +208,9 @@ def _publish_share(share: _Share, id_prefix: str) -> _Result:
         now = time.time()
         return _Result(0, 0, now, now, 0)
     try:
-        publisher = QoS1Publisher(share.host, share.port, share.client_id, share.username, share.password)
-    except WireError as exc:
+        context = ssl.create_default_context(cafile=share.ca_file) if share.tls else None
+        publisher = QoS1Publisher(share.host, share.port, share.client_id, share.username, share.password, context)
+    except (WireError, OSError) as exc:
         raise LoadError(str(exc)) from None
     try:
         first, last = publisher.publish_all(messages, rate=share.rate, window=INFLIGHT)

@@ -10,15 +10,17 @@ DISCONNECT, nothing else: the device simulator uses aiomqtt.
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
-import struct
+import ssl
 import threading
 import time
 from collections.abc import Sequence
 
-from gateway.mqtt_session import connect_payload, encode_string, encode_varint
+from gateway import mqtt_codec as codec
 
-CONNACK, PUBACK = 2, 4
+CONNACK, PUBACK = codec.CONNACK, codec.PUBACK
 
 
 class WireError(ConnectionError):
@@ -26,33 +28,50 @@ class WireError(ConnectionError):
 
 
 def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int) -> bytes:
-    flags, payload = connect_payload(client_id, username, password)
-    flags |= 0x02  # clean session
-    body = encode_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
-    return b"\x10" + encode_varint(len(body)) + body
+    """MQTT 3.1.1 CONNECT with clean session."""
+    return codec.connect_packet(client_id, username, password, keepalive=keepalive, clean=True, version=codec.V311)
 
 
 def publish_packet(topic: str, payload: bytes, mid: int) -> bytes:
     """PUBLISH, QoS 1, not retained; `mid` must be 1..65535."""
-    body = encode_string(topic) + struct.pack("!H", mid) + payload
-    return b"\x32" + encode_varint(len(body)) + body
+    return codec.publish_packet(topic, payload, mid)
+
+
+def open_socket(host: str, port: int, tls: ssl.SSLContext | None, timeout: float = 30) -> socket.socket:
+    """A connected socket to the broker, in TLS when `tls` is given (the name checked against `host`)."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise WireError(f"cannot connect to {host}:{port}: {exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is None:
+        return sock
+    try:
+        return tls.wrap_socket(sock, server_hostname=host)
+    except OSError as exc:
+        sock.close()
+        raise WireError(f"TLS with {host}:{port} failed: {exc}") from None
 
 
 class QoS1Publisher:
     """One connection that publishes a list of (topic, payload) and waits for every PUBACK."""
 
-    def __init__(self, host: str, port: int, client_id: str, username: str | None, password: str | None) -> None:
-        try:
-            self._sock = socket.create_connection((host, port), timeout=30)
-        except OSError as exc:
-            raise WireError(f"cannot connect to {host}:{port}: {exc}") from None
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(
+        self, host: str, port: int, client_id: str, username: str | None, password: str | None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
+        self._sock = open_socket(host, port, tls)
+        # OpenSSL allows one thread at a time on a connection: under TLS the reader and the writer take turns
+        self._tls = tls is not None
+        self._turn: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if tls is not None else contextlib.nullcontext()
+        )
         self._sock.sendall(connect_packet(client_id, username, password, keepalive=600))
         kind, body = self._read_packet()
         if kind != CONNACK or len(body) < 2 or body[1] != 0:
             code = body[1] if kind == CONNACK and len(body) > 1 else -1
             raise WireError(f"broker refused the connection (CONNACK code {code})")
-        self._sock.settimeout(None)
+        self._sock.settimeout(None if tls is None else 30.0)  # TLS: a read in its turn never blocks for long
         self._acked = 0
         self._cond = threading.Condition()
         self._failed: str | None = None
@@ -87,7 +106,8 @@ class QoS1Publisher:
             packets = b"".join(
                 publish_packet(t, p, (sent + i) % 65535 + 1) for i, (t, p) in enumerate(messages[sent : sent + n])
             )
-            self._sock.sendall(packets)
+            with self._turn:
+                self._sock.sendall(packets)
             sent += n
         with self._cond:
             if not self._cond.wait_for(lambda: self._failed or self._acked >= sent, 120):
@@ -96,70 +116,55 @@ class QoS1Publisher:
 
     def close(self) -> None:
         try:
-            self._sock.sendall(b"\xe0\x00")  # DISCONNECT
+            with self._turn:
+                self._sock.sendall(codec.DISCONNECT_PACKET)
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._sock.close()
         self._reader.join(5)
 
-    def _read_exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            part = self._sock.recv(n - len(buf))
+    def _read_packet(self) -> tuple[int, bytes]:
+        data = b""
+        while True:
+            j, end = codec.frame(data, 0, 1 << 20)
+            if j >= 0:
+                return data[0] >> 4, data[j:end]
+            part = self._sock.recv(4096)
             if not part:
                 raise WireError("connection closed by the broker")
-            buf += part
-        return bytes(buf)
-
-    def _read_packet(self) -> tuple[int, bytes]:
-        kind = self._read_exact(1)[0] >> 4
-        length, shift = 0, 0
-        while True:
-            digit = self._read_exact(1)[0]
-            length |= (digit & 0x7F) << shift
-            shift += 7
-            if not digit & 0x80:
-                break
-        return kind, self._read_exact(length) if length else b""
+            data += part
 
     def _read_acks(self) -> None:
         """Count PUBACKs. Reads the socket in big gulps: the broker acks in bursts of 4-byte packets."""
         pending = b""
         try:
             while True:
-                data = self._sock.recv(65536)
+                data = self._recv()
+                if data is None:
+                    continue
                 if not data:
                     raise WireError("connection closed by the broker")
                 pending += data
-                count, pending = _count_pubacks(pending)
+                count, used = codec.count_pubacks(pending)
+                pending = pending[used:]
                 if count:
                     with self._cond:
                         self._acked += count
                         self._cond.notify_all()
-        except (OSError, WireError) as exc:
+        except (OSError, WireError, codec.MalformedPacket) as exc:
             with self._cond:
                 self._failed = str(exc) or type(exc).__name__
                 self._cond.notify_all()
 
-
-def _count_pubacks(data: bytes) -> tuple[int, bytes]:
-    """PUBACKs in `data` and the unparsed tail (other packet types are skipped)."""
-    count, i = 0, 0
-    while i + 2 <= len(data):
-        kind = data[i] >> 4
-        length, shift, j = 0, 0, i + 1
-        while j < len(data):
-            digit = data[j]
-            length |= (digit & 0x7F) << shift
-            shift += 7
-            j += 1
-            if not digit & 0x80:
-                break
-        else:
-            break
-        if j + length > len(data):
-            break
-        count += kind == PUBACK
-        i = j + length
-    return count, data[i:]
+    def _recv(self) -> bytes | None:
+        """Plain: a blocking read. TLS: wait outside the writer's turn, then read in it (None: nothing yet)."""
+        if not self._tls:
+            return self._sock.recv(65536)
+        assert isinstance(self._sock, ssl.SSLSocket)
+        if not self._sock.pending():
+            readable, _, _ = select.select([self._sock], [], [], 0.2)
+            if not readable:
+                return None
+        with self._turn:
+            return self._sock.recv(65536)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -20,6 +22,9 @@ import redis
 
 from gateway.config import Endpoints
 from gateway.stack import StackUrls
+
+if TYPE_CHECKING:
+    from gateway.stack import Stack
 
 
 @pytest.fixture(autouse=True)
@@ -53,24 +58,56 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def endpoints(stack_dir: Path) -> Iterator[Endpoints]:
-    from ingest.migrate import migrate
-
-    external = _external()
-    if external is not None:
-        migrate(external.database_url)
-        yield external
+def local_stack(stack_dir: Path) -> Iterator[Stack | None]:
+    """The tests' own stack (None when external servers are given)."""
+    if _external() is not None:
+        yield None
         return
     from gateway.stack import Stack, ensure_installed, free_ports
 
     ensure_installed(log=lambda _msg: None)
     stack = Stack(stack_dir, free_ports())
     try:
-        urls = stack.up()
-        migrate(urls.database_url)
-        yield stack_endpoints(urls)
+        stack.up()
+        yield stack
     finally:
         stack.down()
+
+
+@pytest.fixture(scope="session")
+def endpoints(local_stack: Stack | None) -> Iterator[Endpoints]:
+    from ingest.migrate import migrate
+
+    external = _external()
+    if external is not None or local_stack is None:
+        assert external is not None
+        migrate(external.database_url)
+        yield external
+        return
+    urls = local_stack.urls()
+    migrate(urls.database_url)
+    yield stack_endpoints(urls)
+
+
+@pytest.fixture(scope="session")
+def tls_endpoints(endpoints: Endpoints, local_stack: Stack | None) -> Endpoints:
+    """The same servers with the MQTT URLs on the broker's TLS listener (external: FLEET_MQTTS_URL and
+    FLEET_MQTTS_ADMIN_URL, each with `?cafile=` when the broker's CA is not a system one)."""
+    if local_stack is None:
+        url = os.environ.get("FLEET_MQTTS_URL")
+        if not url:
+            pytest.skip("external servers without FLEET_MQTTS_URL: no TLS listener to test")
+        return replace(endpoints, mqtt_url=url, mqtt_admin_url=os.environ.get("FLEET_MQTTS_ADMIN_URL"))
+
+    def moved(url: str | None) -> str | None:
+        return local_stack.mqtts(url) if url else None
+
+    services = {
+        name: replace(own, mqtt_url=moved(own.mqtt_url), mqtt_admin_url=moved(own.mqtt_admin_url))
+        for name, own in endpoints.services.items()
+    }
+    return replace(endpoints, mqtt_url=moved(endpoints.mqtt_url), mqtt_admin_url=moved(endpoints.mqtt_admin_url),
+                   services=services)  # fmt: skip
 
 
 def stack_endpoints(urls: StackUrls) -> Endpoints:

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.stack import dynsec, procs
+from gateway.stack import dynsec, procs, tls
 from gateway.stack.errors import StackError
-from gateway.stack.install import find_binaries
+from gateway.stack.install import Binaries, find_binaries
 from gateway.stack.model import Credentials, DeviceCredentials, Ports, StackUrls
 from gateway.stack.mosquitto import Mosquitto
 from gateway.stack.postgres import Postgres
@@ -42,10 +42,33 @@ class ServerStatus:
 
 
 class Stack:
-    def __init__(self, state_dir: Path, ports: Ports = Ports(), log: Log | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, ports: Ports = Ports(), log: Log | None = None, *, mqtt_plain: bool = True
+    ) -> None:
+        """`mqtt_plain=False` turns the broker's plain listener off; its TLS listener is always on."""
         self.state_dir = Path(state_dir).expanduser().absolute()
         self.ports = ports
         self.log: Log = log or _logger.info
+        self.mqtt_plain = mqtt_plain
+
+    @property
+    def ca_file(self) -> Path:
+        """The stack's CA certificate: what clients of the TLS listener trust."""
+        return tls.tls_files(self.state_dir).ca_cert
+
+    def mqtts(self, url: str) -> str:
+        """The same account's URL on the TLS listener, naming the stack's CA."""
+        return tls.mqtts_url(url, self.ports.mqtts, self.ca_file)
+
+    def _server(self, kind: type[Server], binaries: Binaries, credentials: Credentials) -> Server:
+        if kind is Mosquitto:
+            return Mosquitto(self.state_dir, self.ports.mqtt, binaries, credentials, tls_port=self.ports.mqtts,
+                             plain=self.mqtt_plain)  # fmt: skip
+        return kind(self.state_dir, self._port(kind.name), binaries, credentials)
+
+    def _urls(self, credentials: Credentials) -> StackUrls:
+        urls = credentials.urls(self.ports)
+        return urls if self.mqtt_plain else tls.mqtts_urls(urls, self.ports.mqtts, self.ca_file)
 
     # ------------------------------------------------------------ paths
 
@@ -71,7 +94,7 @@ class Stack:
             started: list[Server] = []
             try:
                 for kind in SERVER_TYPES:
-                    server = kind(self.state_dir, self._port(kind.name), binaries, credentials)
+                    server = self._server(kind, binaries, credentials)
                     was_running = server.record() is not None
                     server.start(self.log)
                     if not was_running:
@@ -80,7 +103,7 @@ class Stack:
                 for server in reversed(started):
                     self._stop(server.name, server.stop_signal)
                 raise
-        return credentials.urls(self.ports)
+        return self._urls(credentials)
 
     def down(self) -> None:
         """Stop all three servers and wait until their processes are gone."""
@@ -106,7 +129,7 @@ class Stack:
     def urls(self) -> StackUrls:
         if not self.credentials_file.exists():
             raise StackError(f"no local stack in {self.state_dir} yet; run `fleet stack up` first")
-        return Credentials.load_or_create(self.credentials_file).urls(self.ports)
+        return self._urls(Credentials.load_or_create(self.credentials_file))
 
     def register_devices(self, devices: Iterable[DeviceCredentials]) -> int:
         """Register (or re-key) thousands of devices at once by writing the broker's account file directly.
@@ -119,7 +142,8 @@ class Stack:
         self._prepare_state_dir()
         with self._lock():
             credentials = Credentials.load_or_create(self.credentials_file)
-            broker = Mosquitto(self.state_dir, self.ports.mqtt, binaries, credentials)
+            broker = self._server(Mosquitto, binaries, credentials)
+            assert isinstance(broker, Mosquitto)
             was_running = broker.record() is not None
             if was_running:
                 self._stop(broker.name, broker.stop_signal)

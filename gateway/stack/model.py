@@ -42,14 +42,16 @@ class Ports:
     mqtt: int = 18831
     postgres: int = 15433
     redis: int = 16380
+    mqtts: int = 18883  # the broker's TLS listener
 
     def __post_init__(self) -> None:
         for each in fields(self):
             port = getattr(self, each.name)
             if not isinstance(port, int) or not 1 <= port <= 65535:
                 raise StackError(f"{each.name} port must be an integer in 1..65535, got {port!r}")
-        if len({self.mqtt, self.postgres, self.redis}) != 3:
-            raise StackError(f"the three ports must differ, got {self}")
+        values = [getattr(self, f.name) for f in fields(self)]
+        if len(set(values)) != len(values):
+            raise StackError(f"the ports must differ, got {self}")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -186,18 +188,18 @@ class DeviceCredentials:
 
 
 def free_ports() -> Ports:
-    """Three loopback ports nobody listens on right now (for tests; another program may still take one)."""
+    """Loopback ports nobody listens on right now (for tests; another program may still take one)."""
     sockets = []
     try:
-        for _ in range(3):
+        for _ in range(4):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind((LOOPBACK, 0))
             sockets.append(sock)
-        mqtt, postgres, redis = (sock.getsockname()[1] for sock in sockets)
+        mqtt, postgres, redis, mqtts = (sock.getsockname()[1] for sock in sockets)
     finally:
         for sock in sockets:
             sock.close()
-    return Ports(mqtt=mqtt, postgres=postgres, redis=redis)
+    return Ports(mqtt=mqtt, postgres=postgres, redis=redis, mqtts=mqtts)
 
 
 def port_in_use(port: int) -> bool:

@@ -6,15 +6,20 @@ it up to date afterwards, so later starts must not overwrite devices registered 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
-import struct
+import ssl
+from pathlib import Path
 
-from gateway.stack import dynsec
+from gateway import mqtt_codec as codec
+from gateway.stack import dynsec, tls
 from gateway.stack.errors import StackError
-from gateway.stack.model import LOOPBACK, SERVICE_USER
+from gateway.stack.install import Binaries
+from gateway.stack.model import LOOPBACK, SERVICE_USER, Credentials
 from gateway.stack.server import Log, Server
+from gateway.stack.tls import TlsFiles
 
 # The gateway's persistent session must ride out a restart at full rate; and Mosquitto 2.0.11 counts
 # a busy session's queue as far longer than it is: with 200,000 it dropped messages for a gateway
@@ -35,12 +40,21 @@ OPEN_FILES = 131_072  # one descriptor per connection: 10,000+ devices plus head
 OPEN_FILES_NEEDED = 12_000  # 10,000 devices and the services
 
 
-def render_config(port: int, plugin: str, dynsec_file: str, data_dir: str) -> str:
+def render_config(
+    port: int | None, plugin: str, dynsec_file: str, data_dir: str, tls_port: int | None = None,
+    tls: TlsFiles | None = None,
+) -> str:  # fmt: skip
+    """Listeners: plain MQTT on `port` (None: off) and MQTT over TLS on `tls_port` with `tls`'s files."""
+    listeners = f"listener {port} {LOOPBACK}\n" if port is not None else ""
+    if tls_port is not None and tls is not None:
+        listeners += (
+            f"listener {tls_port} {LOOPBACK}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
+            "tls_version tlsv1.2\n"  # the oldest accepted; TLS 1.3 is negotiated when both sides have it
+        )
     return f"""# written by `fleet stack up` on every start; edit gateway/stack/mosquitto.py instead
 per_listener_settings false
 allow_anonymous false
-listener {port} {LOOPBACK}
-plugin {plugin}
+{listeners}plugin {plugin}
 plugin_opt_config_file {dynsec_file}
 persistence true
 persistence_location {data_dir}/
@@ -62,38 +76,34 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 
 def connect_packet(client_id: str, username: str, password: str) -> bytes:
     """An MQTT 3.1.1 CONNECT with clean session and credentials."""
-
-    def field(text: str) -> bytes:
-        raw = text.encode()
-        return struct.pack("!H", len(raw)) + raw
-
-    body = field("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 30)
-    body += field(client_id) + field(username) + field(password)
-    length, encoded = len(body), b""
-    while True:
-        length, digit = divmod(length, 128)
-        encoded += bytes([digit | (0x80 if length else 0)])
-        if not length:
-            break
-    return b"\x10" + encoded + body
+    return codec.connect_packet(client_id, username, password, keepalive=30, clean=True, version=codec.V311)
 
 
-def connack_code(port: int, username: str, password: str, timeout_s: float = 2.0) -> int | None:
+def connack_code(
+    port: int, username: str, password: str, timeout_s: float = 2.0, tls: ssl.SSLContext | None = None
+) -> int | None:
     """The broker's CONNACK return code for these credentials, or None when nothing answers yet."""
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout_s) as sock:
-            sock.sendall(connect_packet(f"fleet-stack-probe-{os.getpid()}", username, password))
-            reply = b""
-            while len(reply) < 4:
-                chunk = sock.recv(4 - len(reply))
-                if not chunk:
-                    return None
-                reply += chunk
-            if reply[0] == 0x20 and reply[3] == 0:
-                sock.sendall(b"\xe0\x00")
-            return reply[3] if reply[0] == 0x20 else None
+        with socket.create_connection((LOOPBACK, port), timeout=timeout_s) as raw:
+            if tls is None:
+                return _probe(raw, username, password)
+            with tls.wrap_socket(raw, server_hostname=LOOPBACK) as sock:
+                return _probe(sock, username, password)
     except OSError:
         return None
+
+
+def _probe(sock: socket.socket, username: str, password: str) -> int | None:
+    sock.sendall(connect_packet(f"fleet-stack-probe-{os.getpid()}", username, password))
+    reply = b""
+    while len(reply) < 4:
+        chunk = sock.recv(4 - len(reply))
+        if not chunk:
+            return None
+        reply += chunk
+    if reply[0] == 0x20 and reply[3] == 0:
+        sock.sendall(codec.DISCONNECT_PACKET)
+    return reply[3] if reply[0] == 0x20 else None
 
 
 class Mosquitto(Server):
@@ -101,6 +111,15 @@ class Mosquitto(Server):
     account = "mosquitto"
     nofile = OPEN_FILES
     nofile_needed = OPEN_FILES_NEEDED
+
+    def __init__(
+        self, state_dir: Path, port: int, binaries: Binaries, credentials: Credentials, *,
+        tls_port: int | None = None, plain: bool = True,
+    ) -> None:  # fmt: skip
+        """`tls_port`: the TLS listener (None: none); `plain`: whether `port` listens without TLS."""
+        super().__init__(state_dir, port, binaries, credentials)
+        self.tls_port = tls_port
+        self.plain = plain
 
     @property
     def folder(self) -> str:
@@ -110,6 +129,10 @@ class Mosquitto(Server):
     def dynsec_file(self) -> str:
         return str(self.home / "dynamic-security.json")
 
+    @property
+    def tls(self) -> TlsFiles:
+        return tls.tls_files(self.state_dir)
+
     def prepare(self, log: Log) -> None:
         self.own_folder(self.home)
         self.own_folder(self.home / "data")
@@ -117,20 +140,31 @@ class Mosquitto(Server):
             log("writing the broker's accounts (fleet-service, fleet-commands, fleet-admin)")
             config = dynsec.initial_config(self.credentials, lambda: os.urandom(dynsec.SALT_BYTES))
             self.write_private(self.home / "dynamic-security.json", json.dumps(config, indent=1))
-        self.write_private(
-            self.home / "mosquitto.conf",
-            render_config(self.port, str(self.binaries.dynsec_plugin), self.dynsec_file, str(self.home / "data")),
-        )
+        if self.tls_port is not None:
+            tls.ensure(self.tls, self.account, dt.datetime.now(dt.UTC), log)
+        plain = self.port if self.plain else None
+        config = render_config(plain, str(self.binaries.dynsec_plugin), self.dynsec_file, str(self.home / "data"),
+                               self.tls_port, self.tls)  # fmt: skip
+        self.write_private(self.home / "mosquitto.conf", config)
 
     def command(self) -> list[str]:
         return [str(self.binaries.mosquitto), "-c", str(self.home / "mosquitto.conf")]
 
     def answers(self) -> bool:
-        code = connack_code(self.port, SERVICE_USER, self.credentials.mqtt_service)
-        if code not in (None, 0):
-            raise StackError(
-                f"the broker refuses the fleet-service account (CONNACK {code}); "
-                f"{self.dynsec_file} does not match {self.state_dir / 'credentials.json'} — "
-                "delete the state folder to start afresh"
-            )
-        return code == 0
+        """Every listener answers with a CONNACK (the TLS one checked against the stack's CA)."""
+        probes: list[tuple[int, ssl.SSLContext | None]] = []
+        if self.plain or self.tls_port is None:
+            probes.append((self.port, None))
+        if self.tls_port is not None:
+            probes.append((self.tls_port, ssl.create_default_context(cafile=str(self.tls.ca_cert))))
+        for port, context in probes:
+            code = connack_code(port, SERVICE_USER, self.credentials.mqtt_service, tls=context)
+            if code not in (None, 0):
+                raise StackError(
+                    f"the broker refuses the fleet-service account (CONNACK {code}); "
+                    f"{self.dynsec_file} does not match {self.state_dir / 'credentials.json'} — "
+                    "delete the state folder to start afresh"
+                )
+            if code is None:
+                return False
+        return True

@@ -194,7 +194,7 @@ def test_a_port_held_by_another_program_is_a_clear_error(tmp_path: Path) -> None
     try:
         taken = holder.getsockname()[1]
         spare = free_ports()
-        other = Stack(tmp_path / "state", Ports(mqtt=spare.mqtt, postgres=taken, redis=spare.redis))
+        other = Stack(tmp_path / "state", Ports(mqtt=spare.mqtt, postgres=taken, redis=spare.redis, mqtts=spare.mqtts))
         with pytest.raises(StackError, match=f"127.0.0.1:{taken} is taken"):
             other.up()
         assert not any(s.running for s in other.status().values())

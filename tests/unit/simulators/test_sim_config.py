@@ -10,11 +10,11 @@ from collections import Counter
 import orjson
 import pytest
 
-from gateway.mqtt_session import encode_varint
+from gateway.mqtt_codec import count_pubacks, encode_varint
 from simulators.config import CommandHabit, SimConfig, SimConfigError, device_ids, report_interval, role
 from simulators.encode import Format
 from simulators.load import LoadError, _check, _Share, payloads
-from simulators.wire import _count_pubacks, connect_packet, publish_packet
+from simulators.wire import connect_packet, publish_packet
 
 
 @pytest.mark.parametrize(
@@ -121,10 +121,11 @@ def test_mqtt_packets_are_encoded_as_the_spec_says() -> None:
 
 def test_puback_counting_keeps_partial_packets_for_later() -> None:
     data = b"\x40\x02\x00\x01" * 3 + b"\xd0\x00" + b"\x40\x02\x00"
-    count, rest = _count_pubacks(data)
-    assert (count, rest) == (3, b"\x40\x02\x00")
-    count, rest = _count_pubacks(rest + b"\x04")
-    assert (count, rest) == (1, b"")
+    count, used = count_pubacks(data)
+    assert (count, data[used:]) == (3, b"\x40\x02\x00")
+    rest = data[used:] + b"\x04"
+    count, used = count_pubacks(rest)
+    assert (count, rest[used:]) == (1, b"")
 
 
 @pytest.mark.parametrize("module", ["city", "vehicle", "encode", "faults", "config"])

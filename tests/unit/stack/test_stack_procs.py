@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.mqtt_codec import decode_varint
 from gateway.stack import procs
 from gateway.stack.mosquitto import connect_packet
 from gateway.stack.mosquitto import render_config as mosquitto_config
@@ -91,4 +92,4 @@ def test_connect_packet_is_well_formed_mqtt_311() -> None:
     assert packet[2:10] == b"\x00\x04MQTT\x04\xc2"
     assert packet.endswith(b"\x00\x01c\x00\x01u\x00\x01p")
     long = connect_packet("c", "u", "p" * 200)
-    assert long[1] & 0x80 and (long[1] & 0x7F) + (long[2] << 7) == len(long) - 3
+    assert decode_varint(long, 1) == (len(long) - 3, 3)

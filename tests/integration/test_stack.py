@@ -331,7 +331,7 @@ def test_stack_up_prints_no_password_and_says_where_they_are(stack: Stack) -> No
     schema and lists the accounts, every password redacted."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     env |= {"FLEET_MQTT_PORT": str(stack.ports.mqtt), "FLEET_POSTGRES_PORT": str(stack.ports.postgres),
-            "FLEET_REDIS_PORT": str(stack.ports.redis)}  # fmt: skip
+            "FLEET_REDIS_PORT": str(stack.ports.redis), "FLEET_MQTTS_PORT": str(stack.ports.mqtts)}  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "stack", "up", "--state-dir", str(stack.state_dir)],
         env=env, capture_output=True, text=True, timeout=120, check=False,

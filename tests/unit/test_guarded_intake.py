@@ -39,8 +39,9 @@ def _messages(bad: bytes) -> list[RawMessage]:
 
 
 def test_a_raising_decoder_costs_one_dead_letter_and_keeps_the_rest() -> None:
-    outcome, failure = classify_guarded(_messages(_report(9, note="deep")), INTAKE, NOW)
-    assert failure is not None and failure.startswith("RecursionError")
+    # `classify` itself turns a decoder's exception into a dead letter; the guard is the second line,
+    # for a failure outside the decoders. Either way the outcome is the same.
+    outcome, _failure = classify_guarded(_messages(_report(9, note="deep")), INTAKE, NOW)
     assert len(outcome.entry.records) == 5 and len(outcome.entry.received_at) == 5
     (dead,) = outcome.entry.dead
     assert (dead.reason, dead.device_id, dead.payload) == ("decoder_error", "bike-1", _report(9, note="deep"))

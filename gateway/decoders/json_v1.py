@@ -27,7 +27,7 @@ import msgspec
 from msgspec import Meta
 
 from gateway.decoders import checks
-from gateway.decoders.jsonwire import check_depth, decode_struct
+from gateway.decoders.jsonwire import MAX_DEPTH, check_depth, decode_struct
 from gateway.decoders.results import Decoded, Reject
 from gateway.records import DecodeError, Source, Telemetry
 
@@ -134,7 +134,8 @@ _fromisoformat = datetime.fromisoformat
 
 
 def decode_json(payload: bytes, device_id: str, *, now: datetime, tolerance_s: float) -> Decoded:
-    check_depth(payload)  # before any parser recurses
+    if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH:  # inlined: the common case costs no call
+        check_depth(payload)  # before any parser recurses
     fast = _decode_fast(payload, device_id, _latest(now, tolerance_s))
     return fast if fast is not None else decode_json_exact(payload, device_id, now=now, tolerance_s=tolerance_s)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
-from gateway.records import Source, Telemetry
-from ingest.store import COLUMNS, KEY, TYPES, WritePlan, WriteResult, telemetry_rows
+from gateway.deadletters import MAX_PAYLOAD
+from gateway.records import DeadLetter, Source, Telemetry
+from ingest.store import COLUMNS, KEY, TYPES, DeadRow, WritePlan, WriteResult, dead_row, telemetry_rows
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -49,3 +51,16 @@ def test_after_a_conflict_the_next_batches_merge_then_copy_again() -> None:
     assert merges == 20
     plan.after(WriteResult(staged=10, inserted=10, dead_letters=0))
     assert not plan.use_merge()
+
+
+def test_a_dead_letter_row_is_bounded_and_its_text_storable_whatever_it_carries() -> None:
+    """A letter from an older gateway, or a corrupt stream entry, arrives whole and unescaped."""
+    raw = b"\x00" * 100_000
+    letter = DeadLetter("fleet/\x00/telemetry", raw, "corrupt_entry", T0, "bike\x00", "detail \x00 \ud800")
+    row = dead_row(DeadRow("1-0", 3, letter))
+    stream_entry, seq, _at, topic, device_id, reason, detail, payload, count, size, sha256 = row
+    assert (stream_entry, seq, reason, count, size) == ("1-0", 3, "corrupt_entry", 1, 100_000)
+    assert (len(payload), sha256) == (MAX_PAYLOAD, hashlib.sha256(raw).digest())  # type: ignore[arg-type]
+    for text in (topic, device_id, detail):
+        assert "\x00" not in text  # type: ignore[operator]
+        text.encode()  # type: ignore[union-attr]

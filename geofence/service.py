@@ -48,7 +48,7 @@ from geofence.transitions import TransitionParams, ZoneEvent, transitions
 from geofence.tripcursor import TripCursor, continue_trips, positions, rollup_since
 from geofence.trips import Trip, TripParams
 from geofence.zoneset import ZoneSet
-from ingest.store import DeadRow, insert_dead_letters, refusal
+from ingest.store import DeadRow, insert_dead_letters, quarantine_rows, refusal
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +168,7 @@ class GeofenceWorker:
 
     def _quarantine(self, entries: list[Quarantined], stop: threading.Event) -> None:
         """Entries that failed `MAX_DELIVERIES` times: dead letters first, then the quarantine stream."""
-        now = datetime.now(UTC)
-        dead = [
-            DeadRow(f"{POSITIONS_STREAM}/{q.entry_id.decode()}", 0, DeadLetter(
-                POSITIONS_STREAM, q.fields.get(FIELD, b""), "quarantined", now,
-                detail=f"delivered {q.deliveries} times, never processed"))
-            for q in entries
-        ]  # fmt: skip
+        dead = quarantine_rows(POSITIONS_STREAM, entries, datetime.now(UTC), key_prefix=f"{POSITIONS_STREAM}/")
 
         def store_dead() -> None:
             with self._connection().transaction():

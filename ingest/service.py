@@ -39,6 +39,7 @@ from ingest.store import (
     WritePlan,
     WriteResult,
     insert_dead_letters,
+    quarantine_rows,
     refusal,
     telemetry_row,
     telemetry_rows,
@@ -238,12 +239,7 @@ class IngestWorker:
 
     def _quarantine(self, entries: list[Quarantined], stop: threading.Event) -> None:
         """Entries that failed `MAX_DELIVERIES` times: dead letters first, then the quarantine stream."""
-        now = datetime.now(UTC)
-        dead = [
-            DeadRow(q.entry_id.decode(), 0, DeadLetter(self._stream, q.fields.get(FIELD, b""), "quarantined", now,
-                                                       detail=f"delivered {q.deliveries} times, never stored"))
-            for q in entries
-        ]  # fmt: skip
+        dead = quarantine_rows(self._stream, entries, datetime.now(UTC))
 
         def store() -> None:
             conn = self._conn

@@ -32,6 +32,8 @@ from psycopg import errors, pq
 from gateway.deadletters import storable
 from gateway.poison import Refused, split_refused
 from gateway.records import DeadLetter, Telemetry
+from gateway.redis_client import Quarantined
+from gateway.wire import FIELD
 
 COLUMNS = (
     "time", "device_id", "device_key", "received_at", "source", "lat", "lon", "altitude_m", "speed_kmh",
@@ -191,6 +193,18 @@ def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadRow]) -> No
         return
     with conn.cursor() as cur:
         cur.executemany(_DEAD, [dead_row(d) for d in dead])
+
+
+def quarantine_rows(
+    stream: str, entries: Sequence[Quarantined], now: datetime, *, key_prefix: str = ""
+) -> list[DeadRow]:
+    """One `quarantined` dead letter per worn-out stream entry, with the entry's bytes, keyed by the
+    entry (position 0, as a corrupt entry), so a crash before the stream step stores it once."""
+    return [
+        DeadRow(key_prefix + q.entry_id.decode(), 0, DeadLetter(
+            stream, q.fields.get(FIELD, b""), "quarantined", now, detail=f"delivered {q.deliveries} times, never done"))
+        for q in entries
+    ]  # fmt: skip
 
 
 def refusal(exc: Exception) -> str | None:

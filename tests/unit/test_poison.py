@@ -67,3 +67,17 @@ def test_the_reason_is_truncated() -> None:
 
     (refused,) = split_refused([1], store, _reason).refused
     assert len(refused.reason) == 500
+
+
+def test_the_split_and_the_guarded_intake_import_no_io_library() -> None:
+    """Functional core: checked in a fresh interpreter, since this one has every library loaded."""
+    import subprocess
+    import sys
+
+    forbidden = ["asyncio", "aiomqtt", "paho", "psycopg", "redis", "socket"]
+    code = (
+        "import sys, gateway.poison, gateway.guarded_intake\n"
+        f"print(','.join(m for m in {forbidden!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imports {out.stdout.strip()}"

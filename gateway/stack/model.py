@@ -121,7 +121,7 @@ class Credentials:
             found = cls(**json.loads(path.read_bytes()))
             if not all(isinstance(v, str) for v in (*found.database_roles.values(), *found.redis_users.values())):
                 raise TypeError("service passwords must be strings")
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise StackError(f"{path} is damaged ({exc}); delete the state folder to start afresh") from None
         return found
 

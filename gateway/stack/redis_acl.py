@@ -40,7 +40,7 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
         (f"~{keys.INGEST_STREAM}", f"~{keys.POSITIONS_STREAM}", f"~{keys.VEHICLES}", f"~{keys.COUNTERS}",
          f"~{keys.LIVE_CHANNEL}"),
         (keys.LIVE_CHANNEL,),
-        (*_GROUP_READER, *_TRANSACTION, "+xadd", "+hincrby", "+evalsha", "+eval", "+script|load",
+        (*_GROUP_READER, *_TRANSACTION, "+xadd", "+hincrby", "+evalsha", "+script|load",
          "+hget", "+hset", "+publish"),
     ),
     "geofence": (

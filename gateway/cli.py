@@ -66,7 +66,10 @@ def stack_up(state_dir: StateDir = None) -> None:
         console.print(f"  {account:18} {url}", highlight=False, soft_wrap=True)
     if endpoints.local_stack:
         path = local_stack(settings).credentials_file
-        console.print(f"passwords: {path} (mode 600); `fleet gateway`, `fleet ingest`, ... read it themselves")
+        console.print(
+            f"passwords: {path} (mode 600); `fleet gateway`, `fleet ingest`, ... read it themselves",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
 
 
 @stack_app.command("down")

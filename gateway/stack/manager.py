@@ -129,7 +129,13 @@ class Stack:
     def urls(self) -> StackUrls:
         if not self.credentials_file.exists():
             raise StackError(f"no local stack in {self.state_dir} yet; run `fleet stack up` first")
-        return self._urls(Credentials.load_or_create(self.credentials_file))
+        credentials = Credentials.load(self.credentials_file)
+        if not credentials.complete:
+            raise StackError(
+                f"the services' accounts are missing from {self.credentials_file} (made by an older version); "
+                "run `fleet stack down` and `fleet stack up` to create them"
+            )
+        return self._urls(credentials)
 
     def register_devices(self, devices: Iterable[DeviceCredentials]) -> int:
         """Register (or re-key) thousands of devices at once by writing the broker's account file directly.

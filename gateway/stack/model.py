@@ -117,10 +117,22 @@ class Credentials:
         return replace(self, database_roles=roles, redis_users=users)
 
     @classmethod
-    def load_or_create(cls, path: Path) -> Credentials:
-        """Read the kept secrets, or create and keep new ones; a damaged file is an error, not a reset."""
+    def load(cls, path: Path) -> Credentials:
+        """Read the kept secrets as they are (no writing: services read them while `up` may run)."""
         try:
-            raw = path.read_bytes()
+            found = cls(**json.loads(path.read_bytes()))
+            if not all(isinstance(v, str) for v in (*found.database_roles.values(), *found.redis_users.values())):
+                raise TypeError("service passwords must be strings")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StackError(f"{path} is damaged ({exc}); delete the state folder to start afresh") from None
+        return found
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Credentials:
+        """Read the kept secrets, or create and keep new ones; a damaged file is an error, not a reset.
+        Accounts missing from an older file are added to it. Call it under the stack's lock."""
+        try:
+            found = cls.load(path)
         except FileNotFoundError:
             created = cls.generate()
             try:
@@ -128,16 +140,14 @@ class Credentials:
             except FileExistsError:  # another process created it just now: use theirs
                 return cls.load_or_create(path)
             return created
-        try:
-            found = cls(**json.loads(raw))
-            if not all(isinstance(v, str) for v in (*found.database_roles.values(), *found.redis_users.values())):
-                raise TypeError("service passwords must be strings")
-        except (ValueError, TypeError) as exc:
-            raise StackError(f"{path} is damaged ({exc}); delete the state folder to start afresh") from None
         completed = found.completed()
         if completed != found:
             write_private(path, completed.to_json())
         return completed
+
+    @property
+    def complete(self) -> bool:
+        return set(self.database_roles) >= set(DATABASE_SERVICES) and set(self.redis_users) >= set(REDIS_SERVICES)
 
     def __repr__(self) -> str:
         return "Credentials(<secret>)"

@@ -43,7 +43,7 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
         (f"~{keys.INGEST_STREAM}", f"~{keys.POSITIONS_STREAM}", f"~{keys.VEHICLES}", f"~{keys.COUNTERS}",
          f"~{keys.LIVE_CHANNEL}", *_QUARANTINE),
         (keys.LIVE_CHANNEL,),
-        (*_GROUP_READER, *_TRANSACTION, "+xadd", "+hincrby", "+evalsha", "+eval", "+script|load",
+        (*_GROUP_READER, *_TRANSACTION, "+xadd", "+hincrby", "+evalsha", "+script|load",
          "+hget", "+hset", "+publish"),
     ),
     "geofence": (
@@ -80,10 +80,17 @@ def user_line(name: str, password: str, key_patterns: tuple[str, ...], channels:
     return " ".join(parts)
 
 
+def service_users(service_passwords: Mapping[str, str]) -> list[list[str]]:
+    """Per service: its user name and rules, as `ACL SETUSER` takes them."""
+    users = []
+    for service, password in sorted(service_passwords.items()):
+        patterns, channels, commands = SERVICE_RULES[service]
+        users.append(user_line(redis_user(service), password, patterns, channels, commands).split()[1:])
+    return users
+
+
 def acl_config(admin_password: str, service_passwords: Mapping[str, str]) -> str:
     """The `user` lines for redis.conf: the administrator (`default`) and one user per service."""
     lines = [f"user default reset on #{password_digest(admin_password)} ~* &* +@all"]
-    for service, password in sorted(service_passwords.items()):
-        patterns, channels, commands = SERVICE_RULES[service]
-        lines.append(user_line(redis_user(service), password, patterns, channels, commands))
+    lines += [" ".join(["user", *user]) for user in service_users(service_passwords)]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import redis
 
 from gateway.stack.model import LOOPBACK
-from gateway.stack.redis_acl import acl_config
+from gateway.stack.redis_acl import acl_config, service_users
 from gateway.stack.server import Log, Server
 
 MAX_CLIENTS = 10_000
@@ -59,5 +59,15 @@ class Redis(Server):
             return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
             return False
+        finally:
+            client.close()
+
+    def provision(self, log: Log) -> None:
+        """The service users as the credentials file says, also on a server started by an older
+        version (its configuration is only read at start)."""
+        client = redis.Redis(host=LOOPBACK, port=self.port, password=self.credentials.redis, socket_timeout=5)
+        try:
+            for user in service_users(self.credentials.redis_users):
+                client.execute_command("ACL", "SETUSER", *user)
         finally:
             client.close()

@@ -17,6 +17,7 @@ from gateway.config import Endpoints, resolve
 from gateway.secretfile import create_private, write_private
 from gateway.settings import MqttTarget, Settings, redact
 from gateway.stack import Credentials, Ports
+from gateway.stack.model import DATABASE_SERVICES, database_role
 from gateway.stack.redis_acl import SERVICE_RULES, acl_config, password_digest
 from ingest import privileges
 
@@ -116,6 +117,12 @@ def test_urls_given_are_used_as_given_and_per_service_ones_win(tmp_path: Path) -
     gateway = resolve(Settings(state_dir=tmp_path / "none", mqtt_url="mqtt://m:1", redis_url="redis://r:1/0"),
                       service="gateway")  # fmt: skip
     assert (gateway.mqtt_url, gateway.redis_url, gateway.local_stack) == ("mqtt://m:1", "redis://r:1/0", False)
+
+
+def test_the_grant_table_and_the_stack_name_the_same_roles() -> None:
+    """ingest/privileges.py stays free of the stack's imports, so the names are written twice."""
+    assert privileges.SERVICES == DATABASE_SERVICES
+    assert [privileges.role(s) for s in privileges.SERVICES] == [database_role(s) for s in DATABASE_SERVICES]
 
 
 def test_the_grant_table_names_only_known_services_and_privileges() -> None:

@@ -75,3 +75,14 @@ def test_urls_carry_the_accounts_and_parse_back() -> None:
     assert MqttTarget.parse(urls.mqtt_url) == MqttTarget("127.0.0.1", 1, "fleet-service", "svc-pw")
     assert MqttTarget.parse(urls.mqtt_commands_url).username == "fleet-commands"
     assert MqttTarget.parse(urls.mqtt_admin_url).password == "adm-pw"
+
+
+def test_a_service_does_not_rewrite_an_older_credentials_file_but_says_what_to_run(tmp_path: Path) -> None:
+    from gateway.stack import Stack
+
+    path = tmp_path / "credentials.json"
+    old = '{"postgres": "pg", "redis": "rd", "mqtt_service": "s", "mqtt_commands": "c", "mqtt_admin": "a"}'
+    path.write_text(old)
+    with pytest.raises(StackError, match="fleet stack up"):
+        Stack(tmp_path).urls()
+    assert path.read_text() == old

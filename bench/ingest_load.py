@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from gateway.mqtt_codec import DISCONNECT_PACKET
+from gateway.mqtt_codec import DISCONNECT_PACKET, count_pubacks
 from gateway.settings import MqttTarget
 from simulators.wire import connect_packet, open_socket, publish_packet
 
@@ -122,7 +122,7 @@ def publisher(plan: Plan, p: int, mqtt_url: str, ready: mp.Event, go: mp.Event, 
 
 
 class _AckCounter:
-    """PUBACKs are the only packets a QoS 1 publisher receives: 4 bytes each, counted by size."""
+    """Counts the PUBACKs (the only packets a QoS 1 publisher receives) with the one MQTT codec."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.count = 0
@@ -131,14 +131,13 @@ class _AckCounter:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        pending = 0
+        pending = b""
         try:
             while data := self._sock.recv(1 << 16):
-                if data[(4 - pending) % 4 :: 4].strip(b"\x40"):
-                    raise ValueError("unexpected packet (not a PUBACK)")
-                pending += len(data)
-                self.count += pending // 4
-                pending %= 4
+                pending += data
+                count, used = count_pubacks(pending)
+                pending = pending[used:]
+                self.count += count
         except (OSError, ValueError) as exc:
             self.error = str(exc)
 

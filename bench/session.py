@@ -49,8 +49,8 @@ KINDS = ("bulk", "paho")
 THRESHOLD = 0.8  # paho at 80 % or more of the bulk session's rate: use paho
 
 
-def serve_gateway(kind: str) -> int:
-    """A gateway process like `fleet gateway`, on the given MQTT client."""
+def serve_gateway(kind: str, mqtt_url: str | None) -> int:
+    """A gateway process like `fleet gateway`, on the given MQTT client (and URL, e.g. mqtts://)."""
     from gateway.config import resolve
     from gateway.mqtt_session import MqttSession
     from gateway.process import setup_logging, stop_on_signals
@@ -68,7 +68,8 @@ def serve_gateway(kind: str) -> int:
         factory = MqttSession
     stop = stop_on_signals()
     quiet_collector()
-    gateway = Gateway(MqttTarget.parse(endpoints.mqtt_url), endpoints.redis_url, stream_key=settings.stream_key,
+    target = MqttTarget.parse(mqtt_url or endpoints.mqtt_url)
+    gateway = Gateway(target, endpoints.redis_url, stream_key=settings.stream_key,
                       max_payload=settings.max_payload_bytes, future_tolerance_s=settings.future_tolerance_s,
                       client_id=gateway_client_id(), session_factory=factory)  # fmt: skip
     gateway.run(stop)
@@ -77,7 +78,13 @@ def serve_gateway(kind: str) -> int:
 
 def one_run(kind: str, args: argparse.Namespace, servers: object, logs: Path) -> tuple[float, float, int]:
     """(records/s first publish → last commit, steady records/s, records lost) for one client."""
-    pipeline.COMMANDS["gateway"] = [sys.executable, str(Path(__file__).resolve()), "--serve-gateway", kind]
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve-gateway", kind]
+    if args.tls:
+        stack = getattr(servers, "stack", None)
+        if stack is None:
+            raise SystemExit("--tls needs the private stack (its TLS listener and CA)")
+        command += ["--gateway-url", stack.mqtts(getattr(servers, "mqtt_url"))]  # noqa: B009
+    pipeline.COMMANDS["gateway"] = command
     plan = Plan(f"s{secrets.token_hex(3)}-", args.records, 1, 1, args.devices, args.publishers, 0.0, args.window,
                 10, float(int(time.time()) - 3600))  # fmt: skip
     out = pipeline.run_pipeline(plan, servers, 1, 1, logs, drain=False)
@@ -94,10 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=64)
     parser.add_argument("--publishers", type=int, default=2)
     parser.add_argument("--window", type=int, default=4000)
+    parser.add_argument("--tls", action="store_true", help="the gateways connect over TLS (publishers stay plain)")
     parser.add_argument("--serve-gateway", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--gateway-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_gateway:
-        return serve_gateway(args.serve_gateway)
+        return serve_gateway(args.serve_gateway, args.gateway_url)
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-session-"))
     (workdir / "logs").mkdir()
     servers = pipeline.start_servers(workdir)
@@ -115,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsession benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  {os.cpu_count()} cores, "
           f"other load before the runs {busy:.0%} of the cores")  # fmt: skip
     print(f"  {args.records:,} single-record QoS 1 messages per run, {args.devices} devices, {args.publishers} "
-          f"publishers flat out, 1 gateway, 1 ingest worker, {args.rounds} run(s) per client")  # fmt: skip
+          f"publishers flat out, 1 gateway{' over TLS' if args.tls else ''}, 1 ingest worker, "
+          f"{args.rounds} run(s) per client")  # fmt: skip
     medians = {}
     for kind in KINDS:
         runs = results[kind]

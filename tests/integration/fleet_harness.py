@@ -95,6 +95,8 @@ def device_client(endpoints: Endpoints, device_id: str, password: str) -> Iterat
     target = MqttTarget.parse(endpoints.mqtt_url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
     client.username_pw_set(device_id, password)
+    if (context := target.ssl_context()) is not None:
+        client.tls_set_context(context)
     connected = threading.Event()
     client.on_connect = lambda *_a: connected.set()
     client.connect(target.host, target.port)
@@ -189,9 +191,12 @@ class DeviceFeed:
 
     def start(self) -> DeviceFeed:
         target = MqttTarget.parse(self.endpoints.mqtt_url)
+        context = target.ssl_context()
         for device_id, password in self.credentials.items():
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
             client.username_pw_set(device_id, password)
+            if context is not None:
+                client.tls_set_context(context)
             client.max_inflight_messages_set(100)
             client.reconnect_delay_set(min_delay=self.reconnect_s, max_delay=max(4 * self.reconnect_s, 0.1))  # type: ignore[arg-type]
             client.on_publish = self._on_publish

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from fleet_harness import register, scalar, services, stored_counts, wait_for
+from fleet_harness import device_client, publish_all, register, scalar, services, stored_counts, wait_for
 
 from gateway.config import Endpoints
 from gateway.settings import MqttTarget
@@ -44,8 +44,14 @@ def test_mosquitto_pub_over_tls_reaches_the_gateway_and_the_record_is_stored(tls
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         wait_for(lambda: stored_counts(tls_endpoints.database_url, device)[0] == 1, what="the TLS record stored")
+        with device_client(tls_endpoints, device, password) as paho_device:  # paho over TLS, as firmware might
+            publish_all(
+                paho_device,
+                [(f"fleet/{device}/telemetry", orjson.dumps({"v": 1, "ts": ts + 1, "lat": 52.5, "lon": 13.4}))],
+            )
+        wait_for(lambda: stored_counts(tls_endpoints.database_url, device)[0] == 2, what="the paho record stored")
         assert running.gateway.stats.connects >= 1
-    stored = scalar(tls_endpoints.database_url, "SELECT time FROM telemetry WHERE device_id = %s", device)
+    stored = scalar(tls_endpoints.database_url, "SELECT min(time) FROM telemetry WHERE device_id = %s", device)
     assert stored == datetime.fromtimestamp(ts, UTC)
 
 

@@ -8,6 +8,8 @@ import contextlib
 import itertools
 import socket
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -195,3 +197,12 @@ def test_the_session_raises_only_session_error_on_any_stream(stream: bytes, data
             receive_until_broken(session)
     finally:
         ours.close()
+
+
+def test_the_codec_is_pure() -> None:
+    code = (
+        "import sys, gateway.mqtt_codec; "
+        "print(','.join(m for m in ('socket', 'ssl', 'asyncio', 'paho', 'select') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"gateway.mqtt_codec imports {out}"

@@ -16,6 +16,7 @@ class ApiConfig:
     database_url: str
     redis_url: str
     mqtt_admin_url: str | None = None
+    docs: bool = True  # serve /docs, /redoc and /openapi.json (public: the document holds no secret)
 
 
 def get_config(request: Request) -> ApiConfig:

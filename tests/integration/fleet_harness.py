@@ -17,8 +17,13 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as mqtt
 import psycopg
+from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
+from api import keystore
+from api.app import create_app
+from api.deps import ApiConfig
+from api.keys import Role
 from gateway.broker_admin import BrokerAdmin
 from gateway.config import Endpoints
 from gateway.registry import DeviceRegistry, DeviceSpec
@@ -214,3 +219,18 @@ class DeviceFeed:
             for _device_id, client in self._clients:
                 client.disconnect()
                 client.loop_stop()
+
+
+def api_key(endpoints: Endpoints, role: Role = Role.ADMIN, name: str = "tests") -> str:
+    """A fresh API key of `role` (its token), made the way `fleet keys create` makes one."""
+    with psycopg.connect(endpoints.database_url) as conn:
+        _, token = keystore.create_key(conn, name, role, keystore.Actor(None, "tests", None))
+    return token
+
+
+def api_client(endpoints: Endpoints, role: Role = Role.ADMIN, *, registry: bool = False) -> TestClient:
+    """The operator API on the session's servers, calling with a key of `role`; `registry` gives it
+    the broker admin account (device registration)."""
+    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url if registry else None)
+    headers = {"Authorization": f"Bearer {api_key(endpoints, role)}"}
+    return TestClient(create_app(config), headers=headers)

@@ -15,10 +15,8 @@ import psycopg
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from fleet_harness import device_client, publish_all, register, services, wait_for
+from fleet_harness import api_client, device_client, publish_all, register, services, wait_for
 
-from api.app import create_app
-from api.deps import ApiConfig
 from gateway.config import Endpoints
 from gateway.records import Source, Telemetry
 from gateway.wire import FIELD, FORMAT, StreamEntry, encode_entry
@@ -52,7 +50,7 @@ def geo(clean: Endpoints, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[End
     monkeypatch.setattr(service, "ROLLUP_TICK_S", 0.5)
     with psycopg.connect(clean.database_url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {GEO_TABLES}")
-    with TestClient(create_app(ApiConfig(clean.database_url, clean.redis_url))) as api:
+    with api_client(clean) as api:
         yield clean, api
 
 

@@ -13,6 +13,7 @@ path, query and body are checked for what the fleet cannot store (`api.inputs`):
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
@@ -33,6 +34,7 @@ PUBLIC = "public"
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="Authorization: Bearer flt_…")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: flt_…")
+MAX_REPORTED = 20  # problems named in one 422
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="fleet"'}
 
 
@@ -97,9 +99,10 @@ async def check_inputs(request: Request) -> None:
             body = json.loads(await request.body())
         except Exception:  # FastAPI answers an unreadable body itself, with a 4xx
             body = None
-        errors.extend(_error(where, reason, None) for where, reason in body_problems(body))
+        problems = itertools.islice(body_problems(body), MAX_REPORTED)
+        errors.extend(_error(where, reason, None) for where, reason in problems)
     if errors:
-        raise RequestValidationError(errors[:20])
+        raise RequestValidationError(errors[:MAX_REPORTED])
 
 
 def _error(loc: tuple[str | int, ...], reason: str, value: str | None) -> dict[str, Any]:

@@ -41,25 +41,35 @@ def text_problem(value: str, *, free_text: bool = False) -> str | None:
 def body_problems(body: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
     """(location, reason) for every string (key or value) or number in a parsed JSON body that the
     fleet cannot store: control characters, lone surrogates, NaN and infinities. Walks with its
-    own stack, so a deeply nested body cannot exhaust Python's."""
-    stack: list[tuple[tuple[str | int, ...], Any]] = [(("body",), body)]
+    own stack and links each place to its parent (a location is spelled out only for a problem),
+    so neither a deep nor a wide body costs more than one visit per value."""
+    Place = tuple[Any, str | int] | None  # (parent place, key), None for the body itself
+    stack: list[tuple[Place, Any]] = [(None, body)]
     while stack:
-        where, value = stack.pop()
+        place, value = stack.pop()
         if isinstance(value, str):
             reason = text_problem(value, free_text=True)
             if reason:
-                yield where, reason
+                yield _location(place), reason
         elif isinstance(value, float):
             if not math.isfinite(value):
-                yield where, f"number {value!r} is not finite"
+                yield _location(place), f"number {value!r} is not finite"
         elif isinstance(value, dict):
             for key, item in value.items():
                 reason = text_problem(key)
                 if reason:
-                    yield where, f"key {key!r}: {reason}"
-                stack.append(((*where, key), item))
+                    yield _location(place), f"key {key!r}: {reason}"
+                stack.append(((place, key), item))
         elif isinstance(value, list):
-            stack.extend(((*where, i), item) for i, item in enumerate(value))
+            stack.extend(((place, i), item) for i, item in enumerate(value))
+
+
+def _location(place: Any) -> tuple[str | int, ...]:
+    keys: list[str | int] = []
+    while place is not None:
+        place, key = place
+        keys.append(key)
+    return ("body", *reversed(keys))
 
 
 def check_time(value: datetime) -> datetime:

@@ -222,7 +222,8 @@ class DeviceFeed:
 
 
 def api_key(endpoints: Endpoints, role: Role = Role.ADMIN, name: str = "tests") -> str:
-    """A fresh API key of `role` (its token), made the way `fleet keys create` makes one."""
+    """A fresh API key of `role` (its token), made the way `fleet keys create` makes one (the
+    `admin_key` fixture of tests/conftest.py is the same for an admin)."""
     with psycopg.connect(endpoints.database_url) as conn:
         _, token = keystore.create_key(conn, name, role, keystore.Actor(None, "tests", None))
     return token

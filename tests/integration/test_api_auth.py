@@ -69,7 +69,8 @@ def test_every_route_declares_a_role_and_the_matrix_holds(app_client: TestClient
                 assert status == 403, (method, path, role, status)
 
 
-def test_docs_and_health_are_public_and_the_spec_shows_the_schemes(app_client: TestClient) -> None:
+def test_docs_and_health_are_public_and_the_spec_shows_the_schemes(app_client: TestClient, admin_key: str) -> None:
+    assert app_client.get("/v1/keys", headers={"Authorization": f"Bearer {admin_key}"}).status_code == 200
     spec = app_client.get("/openapi.json").json()
     assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     assert spec["paths"]["/v1/zones"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
@@ -172,3 +173,12 @@ def test_fleet_keys_commands(clean: Endpoints, monkeypatch: pytest.MonkeyPatch) 
         actions = conn.execute("SELECT action, key_name FROM audit_log WHERE target = %s ORDER BY id", (key_id,))
         rows = actions.fetchall()
     assert [a for a, _ in rows] == ["key.create", "key.revoke"] and rows[0][1].startswith("cli:")
+
+
+def test_the_demo_key_is_admin_and_replaces_the_previous_one(clean: Endpoints) -> None:
+    from gateway.demo import demo_key
+
+    first, second = demo_key(clean.database_url), demo_key(clean.database_url)
+    with TestClient(create_app(ApiConfig(clean.database_url, clean.redis_url))) as client:
+        assert client.get("/v1/audit", headers={"X-API-Key": second}).status_code == 200
+        assert client.get("/v1/audit", headers={"X-API-Key": first}).status_code == 401

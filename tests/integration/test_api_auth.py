@@ -182,3 +182,18 @@ def test_the_demo_key_is_admin_and_replaces_the_previous_one(clean: Endpoints) -
     with TestClient(create_app(ApiConfig(clean.database_url, clean.redis_url))) as client:
         assert client.get("/v1/audit", headers={"X-API-Key": second}).status_code == 200
         assert client.get("/v1/audit", headers={"X-API-Key": first}).status_code == 401
+
+
+def test_a_phantom_row_under_a_service_account_name_can_be_deleted(clean: Endpoints) -> None:
+    """Older releases left such a row when the broker refused the account; deleting it must remove
+    only the row, never the service account."""
+    with psycopg.connect(clean.database_url) as conn:
+        conn.execute("INSERT INTO devices (id) VALUES ('fleet-service')")
+    with api_client(clean, registry=True) as admin:
+        assert admin.post("/v1/devices/fleet-service/rotate").status_code == 422
+        assert admin.delete("/v1/devices/fleet-service").status_code == 204
+        assert admin.get("/v1/devices").json() == []
+    from gateway.broker_admin import BrokerAdmin
+
+    with BrokerAdmin(clean.mqtt_admin_url) as broker:
+        assert broker.get_client("fleet-service") is not None

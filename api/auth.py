@@ -6,7 +6,8 @@ A route declares its access with one of the dependencies below, in its decorator
 app with a route that declares nothing, and the role-matrix test walks every route with every role.
 
 The key is read from `Authorization: Bearer <key>` or `X-API-Key: <key>` and looked up in the
-database on every request (no cache, so a revoked key is refused at once). A missing, malformed,
+database on every request, over a small pool of connections (no cache, so a revoked key is refused
+at once). A missing, malformed,
 unknown or revoked key is a 401; a key whose role is below the route's is a 403. After that the
 path, query and body are checked for what the fleet cannot store (`api.inputs`): a 422 then.
 """
@@ -18,17 +19,18 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import PoolTimeout
 
 from api import keystore
 from api.inputs import body_problems, text_problem
-from api.keys import Role
+from api.keys import Role, key_id_of
 from api.keystore import Actor
-from geofence.store import connect
 
 PUBLIC = "public"
 
@@ -54,13 +56,18 @@ class RequireRole:
         api_key: Annotated[str | None, Depends(_header)],
     ) -> Actor:
         token = _presented(bearer.credentials if bearer else None, api_key)
-        database_url = request.app.state.config.database_url
+        if key_id_of(token) is None:  # not one of ours: no database round trip for it
+            raise HTTPException(401, "unknown or revoked API key", headers=_UNAUTHORIZED)
+        pool = request.app.state.auth_pool
 
         def lookup() -> Actor | None:
-            with connect(database_url, "fleet api auth") as conn:
+            with pool.connection(timeout=5) as conn:
                 return keystore.authenticate(conn, token)
 
-        actor = await run_in_threadpool(lookup)
+        try:
+            actor = await run_in_threadpool(lookup)
+        except (psycopg.OperationalError, PoolTimeout):
+            raise HTTPException(503, "cannot check the API key: the database does not answer") from None
         if actor is None:
             raise HTTPException(401, "unknown or revoked API key", headers=_UNAUTHORIZED)
         assert actor.role is not None

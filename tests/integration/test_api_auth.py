@@ -84,8 +84,10 @@ def test_readyz_is_503_when_the_database_does_not_answer(clean: Endpoints) -> No
     config = ApiConfig("postgresql://nobody:x@127.0.0.1:1/none", clean.redis_url)
     with TestClient(create_app(config)) as client:
         ready = client.get("/readyz")
+        keyed = client.get("/v1/zones", headers={"X-API-Key": "flt_000000000000_" + "A" * 43})
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"].startswith("unavailable")
+    assert keyed.status_code == 503 and "database" in keyed.json()["detail"]
 
 
 def test_a_revoked_key_is_refused_at_once_and_keys_are_shown_once(clean: Endpoints) -> None:

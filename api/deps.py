@@ -19,6 +19,7 @@ class ApiConfig:
     database_url: str
     redis_url: str
     mqtt_admin_url: str | None = None
+    docs: bool = True  # serve /docs, /redoc and /openapi.json (public: the document holds no secret)
 
     __repr__ = redacted_repr
 

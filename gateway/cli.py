@@ -162,8 +162,14 @@ def ingest(
 
 
 @app.command()
-def api(state_dir: StateDir = None, host: str | None = None, port: int | None = None) -> None:
-    """Serve the operator API."""
+def api(
+    state_dir: StateDir = None,
+    host: str | None = None,
+    port: int | None = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+) -> None:
+    """Serve the operator API (HTTPS when given a certificate and key, or FLEET_API_TLS_CERT/KEY)."""
     import uvicorn
 
     from api.app import create_app
@@ -171,9 +177,20 @@ def api(state_dir: StateDir = None, host: str | None = None, port: int | None = 
     from gateway.config import resolve
 
     settings = _settings(state_dir)
+    cert, key = tls_cert or settings.api_tls_cert, tls_key or settings.api_tls_key
+    if (cert is None) != (key is None):
+        console.print("[red]HTTPS needs both a certificate and its key (--tls-cert and --tls-key)[/red]")
+        raise typer.Exit(2)
     endpoints = resolve(settings, service="api")
-    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url)
-    uvicorn.run(create_app(config), host=host or settings.api_host, port=port or settings.api_port, log_level="info")
+    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs)
+    uvicorn.run(
+        create_app(config),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+        ssl_certfile=str(cert) if cert else None,
+        ssl_keyfile=str(key) if key else None,
+    )
 
 
 @app.command()
@@ -210,11 +227,23 @@ def devices_add(device_id: str, name: str = "", model: str = "generic", state_di
 
     registry = _registry(state_dir)
     try:
-        (creds,) = registry.register([DeviceSpec(device_id, name, model)])
+        creds = registry.create(DeviceSpec(device_id, name, model))
     except RegistryError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    finally:
+        registry.close()
+    _audit_cli(state_dir, "device.create", device_id, None, {"id": device_id, "name": name, "model": model})
     console.print(f"device {creds.device_id}: username={creds.username} password={creds.password}", highlight=False)
+
+
+def _audit_cli(state_dir: Path | None, action: str, target: str, before: object, after: object) -> None:
+    """Writes made with the `fleet` command are audited like the API's, under `cli:<user>`."""
+    from api.keystore import Actor, record
+    from geofence.store import connect
+
+    with connect(_database_url(state_dir), "fleet cli audit") as conn:
+        record(conn, Actor.cli(), action, target, before, after, f"cli: fleet {action.replace('.', ' ')}")
 
 
 @devices_app.command("list")
@@ -224,13 +253,21 @@ def devices_list(state_dir: StateDir = None) -> None:
 
 
 def _device_action(action: str, device_id: str, state_dir: Path | None) -> None:
+    from dataclasses import asdict
+
     from gateway.registry import RegistryError
 
+    registry = _registry(state_dir)
     try:
-        getattr(_registry(state_dir), action)(device_id)
+        before = registry.get(device_id)
+        getattr(registry, action)(device_id)
+        after = registry.get(device_id)
     except RegistryError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    finally:
+        registry.close()
+    _audit_cli(state_dir, f"device.{action}", device_id, before and asdict(before), after and asdict(after))
     console.print(f"{device_id}: {action}d")
 
 
@@ -249,7 +286,25 @@ def devices_service(
     except (UnknownDevice, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    _audit_cli(state_dir, "device.service", device_id, None, {"status": status, "since": since.isoformat()})
     console.print(f"{device_id}: {status} since {since.isoformat()}")
+
+
+@devices_app.command("rotate")
+def devices_rotate(device_id: str, state_dir: StateDir = None) -> None:
+    """New MQTT credentials for a registered device (shown once); the old password stops working."""
+    from gateway.registry import RegistryError
+
+    registry = _registry(state_dir)
+    try:
+        creds = registry.rotate(device_id)
+    except RegistryError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        registry.close()
+    _audit_cli(state_dir, "device.rotate", device_id, {"credentials": "previous"}, {"credentials": "rotated"})
+    console.print(f"device {creds.device_id}: username={creds.username} password={creds.password}", highlight=False)
 
 
 @devices_app.command("disable")
@@ -265,6 +320,22 @@ def devices_enable(device_id: str, state_dir: StateDir = None) -> None:
 @devices_app.command("delete")
 def devices_delete(device_id: str, state_dir: StateDir = None) -> None:
     _device_action("delete", device_id, state_dir)
+
+
+# -- API keys (`api/cli.py`) ----------------------------------------------------------------------
+def _database_url(state_dir: Path | None) -> str:
+    from gateway.config import resolve
+
+    return resolve(_settings(state_dir)).database_url
+
+
+def _keys_app() -> typer.Typer:
+    from api.cli import keys_app
+
+    return keys_app
+
+
+app.add_typer(_keys_app(), name="keys")
 
 
 # -- simulator and demo ---------------------------------------------------------------------------

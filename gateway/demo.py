@@ -30,6 +30,7 @@ DEMO_RATE = 0.5  # messages per second per simulated device
 STOP_GRACE_S = 10.0
 DEMO_DURATION_S = 7 * 24 * 3600  # the simulator always has a bound; the demo's is a week
 DEMO_CREDENTIALS = "demo-devices.json"
+DEMO_KEY_NAME = "demo"
 
 
 def _fleet_cmd(*args: str) -> list[str]:
@@ -103,9 +104,10 @@ def run_demo(settings: Settings, *, devices: int, console: Console) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         logs = _prepare(settings, endpoints, devices, console)
+        key = demo_key(endpoints.database_url)
         for name, args in _services(settings, devices):
             children[name] = _spawn(name, args, _child_env(endpoints, name, settings), logs)
-        _announce(settings, devices, logs, console)
+        _announce(settings, devices, logs, key, console)
         while not stopping:
             for name, child in children.items():
                 if child.poll() is not None:
@@ -135,6 +137,22 @@ def _prepare(settings: Settings, endpoints: Endpoints, devices: int, console: Co
     logs = Path(settings.state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     return logs
+
+
+def demo_key(database_url: str) -> str:
+    """A fresh admin key named `demo` for this run; the previous run's demo keys are revoked, so
+    keys printed by old runs stop working rather than pile up."""
+    from api.keys import Role
+    from api.keystore import Actor, create_key, list_keys, revoke_key
+    from geofence.store import connect
+
+    actor = Actor(None, "fleet demo", None)
+    with connect(database_url, "fleet demo") as conn:
+        for old in list_keys(conn, include_revoked=False):
+            if old.name == DEMO_KEY_NAME:
+                revoke_key(conn, old.id, actor, "fleet demo")
+        _, token = create_key(conn, DEMO_KEY_NAME, Role.ADMIN, actor, "fleet demo")
+    return token
 
 
 def demo_zones(database_url: str) -> int:
@@ -197,18 +215,24 @@ def _child_env(endpoints: Endpoints, name: str, settings: Settings) -> dict[str,
         target = MqttTarget.parse(endpoints.mqtt_url)
         env = endpoints.service_env("gateway", os.environ)
         env.pop("FLEET_REDIS_URL", None)
-        env["FLEET_MQTT_URL"] = f"mqtt://{target.host}:{target.port}"
+        env["FLEET_MQTT_URL"] = (
+            f"mqtts://{target.host}:{target.port}?cafile={target.ca_file}" if target.tls
+            else f"mqtt://{target.host}:{target.port}"
+        )  # fmt: skip
     else:
         env = endpoints.service_env(name, os.environ)
     return {**env, "FLEET_STATE_DIR": str(settings.state_dir)}
 
 
-def _announce(settings: Settings, devices: int, logs: Path, console: Console) -> None:
-    url = f"http://{settings.api_host}:{settings.api_port}"
+def _announce(settings: Settings, devices: int, logs: Path, key: str, console: Console) -> None:
+    scheme = "https" if settings.api_tls_cert and settings.api_tls_key else "http"
+    url = f"{scheme}://{settings.api_host}:{settings.api_port}"
     console.print(f"[bold green]Fleet is up[/]: {devices} simulated devices.")
+    console.print(f"  API key:  {key}   (admin; shown once, revoked by the next demo)", highlight=False)
     console.print(f"  map API:  {url}/v1/vehicles   (GeoJSON)")
     console.print(f"  zones:    {url}/v1/zones   events: {url}/v1/events   utilization: {url}/v1/utilization")
-    console.print(f"  health:   {url}/healthz")
+    console.print(f"  try:      curl -H 'Authorization: Bearer {key}' {url}/v1/vehicles", highlight=False)
+    console.print(f"  docs:     {url}/docs   health: {url}/healthz   ready: {url}/readyz")
     console.print(f"  logs:     {logs}/")
     console.print("Press Ctrl-C to stop.")
 

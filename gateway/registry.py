@@ -3,6 +3,12 @@
 Registering a device writes its row, creates its broker account (effective at once, no broker
 restart) and adds it to the set the gateway admits. Credentials are generated here and returned once;
 the broker stores only a salted hash.
+
+`create` refuses an id that exists: taking over a registered id would lock the real device out and
+let the caller publish as it. Issuing new credentials to a registered device is `rotate`, its own
+action. `register` is the bulk path of the simulators and the demo, which re-key their own devices on
+every run. Ids of the broker's service accounts (and the `fleet-` prefix the fleet's own clients use)
+are refused before anything is written, so a refused id never leaves a row behind.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import redis
 from gateway import keys
 from gateway.broker_admin import BrokerAdmin
 from gateway.stack import DeviceCredentials
+from gateway.stack.dynsec import check_device_id
 
 BrokerBulk = Callable[[list[DeviceCredentials]], object]
 BULK_THRESHOLD = 50  # above this, a bulk writer (if given) beats one broker command per device
@@ -26,7 +33,15 @@ VERSION_KEY = keys.DEVICES_VERSION
 
 
 class RegistryError(ValueError):
-    """A request the registry refuses (unknown device, bad id); the API turns it into a 4xx."""
+    """A request the registry refuses (bad or reserved id); the API turns it into a 422."""
+
+
+class DeviceExists(RegistryError):
+    """The id is registered already (409): re-keying it is `rotate`."""
+
+
+class UnknownDevice(RegistryError):
+    """No device has this id (404)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +81,45 @@ class DeviceRegistry:
     def close(self) -> None:
         self._redis.close()
 
+    def create(self, spec: DeviceSpec) -> Credentials:
+        """Register one new device; `DeviceExists` if its id is taken. If the broker refuses the
+        account, the row is removed again, so a failed registration leaves nothing behind."""
+        _check_ids([spec])
+        creds = Credentials(spec.id, spec.id, spec.password or secrets.token_urlsafe(18))
+        with psycopg.connect(self._database_url) as conn:
+            inserted = conn.execute(
+                "INSERT INTO devices (id, name, model) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                (spec.id, spec.name, spec.model),
+            ).fetchone()
+        if inserted is None:
+            raise DeviceExists(f"device {spec.id!r} is registered already (new credentials: rotate)")
+        try:
+            self._broker.add_devices([DeviceCredentials(creds.device_id, creds.password)])
+        except BaseException:
+            with psycopg.connect(self._database_url) as conn:
+                conn.execute("DELETE FROM devices WHERE id = %s", (spec.id,))
+            raise
+        self._admit([spec.id])
+        return creds
+
+    def rotate(self, device_id: str) -> Credentials:
+        """New credentials for a registered device; the old password stops working at once. A
+        disabled device stays disabled."""
+        _check_ids([DeviceSpec(device_id)])
+        if self.get(device_id) is None:
+            raise UnknownDevice(f"no device {device_id!r}")
+        creds = Credentials(device_id, device_id, secrets.token_urlsafe(18))
+        self._broker.set_password(device_id, creds.password)
+        return creds
+
+    def get(self, device_id: str) -> Device | None:
+        with psycopg.connect(self._database_url) as conn:
+            row = conn.execute("SELECT id, name, model, status FROM devices WHERE id = %s", (device_id,)).fetchone()
+        return Device(*row) if row else None
+
     def register(self, specs: Sequence[DeviceSpec]) -> list[Credentials]:
         """Create or re-key devices in bulk (thousands per call for simulators); idempotent per id."""
+        _check_ids(specs)
         creds = [Credentials(s.id, s.id, s.password or secrets.token_urlsafe(18)) for s in specs]
         with psycopg.connect(self._database_url) as conn, conn.cursor() as cur:
             try:
@@ -100,7 +152,14 @@ class DeviceRegistry:
     def delete(self, device_id: str) -> None:
         with psycopg.connect(self._database_url) as conn:
             if conn.execute("DELETE FROM devices WHERE id = %s", (device_id,)).rowcount == 0:
-                raise RegistryError(f"no device {device_id!r}")
+                raise UnknownDevice(f"no device {device_id!r}")
+        try:
+            check_device_id(device_id)
+        except ValueError:
+            # A row under a service account's name (left by releases that did not check): removing
+            # the row is all there is to do; the broker account is not a device's and stays.
+            self._evict([device_id])
+            return
         self._broker.delete_device(device_id)
         self._evict([device_id])
 
@@ -127,7 +186,7 @@ class DeviceRegistry:
                 "UPDATE devices SET status = %s, updated_at = now() WHERE id = %s", (status, device_id)
             ).rowcount
         if updated == 0:
-            raise RegistryError(f"no device {device_id!r}")
+            raise UnknownDevice(f"no device {device_id!r}")
 
     def _admit(self, ids: Sequence[str]) -> None:
         pipe = self._redis.pipeline()
@@ -141,3 +200,11 @@ class DeviceRegistry:
         pipe.srem(DEVICES_KEY, *ids)
         pipe.incr(VERSION_KEY)
         pipe.execute()
+
+
+def _check_ids(specs: Sequence[DeviceSpec]) -> None:
+    for spec in specs:
+        try:
+            check_device_id(spec.id)
+        except ValueError as exc:
+            raise RegistryError(str(exc)) from None

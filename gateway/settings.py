@@ -62,6 +62,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8088
+    api_tls_cert: Path | None = None  # with api_tls_key: the API serves HTTPS
+    api_tls_key: Path | None = None
+    api_docs: bool = True  # /docs, /redoc and /openapi.json (public; the document holds no secret)
 
     max_payload_bytes: int = Field(default=16 * 1024, ge=256)
     future_tolerance_s: float = 300.0

@@ -24,6 +24,7 @@ from shapely.geometry import MultiPolygon, Polygon, box, mapping
 from geofence.errors import ZoneError
 
 Polygonal = Polygon | MultiPolygon
+MAX_VERTICES = 10_000  # per zone: bounds the work one API call (and every index rebuild) can cause
 
 
 class ZoneKind(StrEnum):
@@ -123,9 +124,13 @@ def _polygon_coordinates(geometry: Mapping[str, Any], zone_id: str) -> list[list
     if not isinstance(parts, list | tuple) or not parts:
         raise ZoneError(f"zone {zone_id}: coordinates must be a non-empty array")
     polygons = []
+    vertices = 0
     for p, rings in enumerate(parts):
         if not isinstance(rings, list | tuple) or not rings:
             raise ZoneError(f"zone {zone_id}: polygon {p} has no rings")
+        vertices += sum(len(ring) if isinstance(ring, list | tuple) else 0 for ring in rings)
+        if vertices > MAX_VERTICES:
+            raise ZoneError(f"zone {zone_id}: more than {MAX_VERTICES} vertices (simplify the zone or split it)")
         polygons.append([_ring(ring, zone_id, f"polygon {p} ring {r}") for r, ring in enumerate(rings)])
     return polygons
 
@@ -148,8 +153,18 @@ def _ring(ring: Any, zone_id: str, where: str) -> np.ndarray:
     return arr
 
 
+def _crosses_antimeridian(ring: np.ndarray) -> bool:
+    """An edge spanning more than 180 degrees of longitude is taken as the short way across +-180,
+    unless both its ends lie on that meridian (-180 to 180 is an edge along it or along a pole,
+    as in the whole-world box, not a crossing of zero length)."""
+    lon = ring[:, 0]
+    wide = np.abs(np.diff(lon)) > 180
+    on_meridian = (np.abs(lon[:-1]) == 180) & (np.abs(lon[1:]) == 180)
+    return bool(np.any(wide & ~on_meridian))
+
+
 def _build(polygons: list[list[np.ndarray]], zone_id: str) -> Polygonal:
-    crosses = any(np.any(np.abs(np.diff(ring[:, 0])) > 180) for rings in polygons for ring in rings)
+    crosses = any(_crosses_antimeridian(ring) for rings in polygons for ring in rings)
     if crosses:
         polygons = [[_to_east(ring) for ring in rings] for rings in polygons]
     shapes = [Polygon(rings[0], rings[1:]) for rings in polygons]

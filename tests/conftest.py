@@ -139,3 +139,15 @@ def clean(endpoints: Endpoints) -> Endpoints:
     client.flushdb()
     client.close()
     return endpoints
+
+
+@pytest.fixture
+def admin_key(endpoints: Endpoints) -> str:
+    """An admin API key (its token): every API route needs one. `fleet_harness.api_client(endpoints,
+    role)` gives a whole client with a key of any role."""
+    from api.keys import Role
+    from api.keystore import Actor, create_key
+
+    with psycopg.connect(endpoints.database_url) as conn:
+        _, token = create_key(conn, "tests", Role.ADMIN, Actor(None, "tests", None))
+    return token

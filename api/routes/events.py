@@ -3,16 +3,17 @@ channel `fleet:events`; this is the history, from the `zone_events` hypertable."
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
+from api.auth import VIEWER
 from api.deps import ConfigDep
+from api.inputs import FleetTime
 from geofence import store
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
+router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[VIEWER])
 
 EventKindParam = Literal["enter", "exit", "cross", "dwell", "violation"]
 
@@ -23,8 +24,8 @@ async def list_events(
     device_id: str | None = None,
     zone_id: str | None = None,
     kind: EventKindParam | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: FleetTime | None = None,
+    until: FleetTime | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[dict[str, Any]]:
     where, params = ["true"], {"limit": limit}

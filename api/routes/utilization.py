@@ -14,12 +14,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 
+from api.auth import VIEWER
 from api.deps import ConfigDep
+from api.inputs import FleetTime
 from geofence import store
 
-router = APIRouter(prefix="/v1", tags=["utilization"])
+router = APIRouter(prefix="/v1", tags=["utilization"], dependencies=[VIEWER])
 
 _WIDTH = {"hour": 3600, "day": 86400}
+MAX_BUCKETS = 10_000  # about 14 months of hours or 27 years of days: one answer stays small
 _ROLLUP = (
     "SELECT time_bucket(%(width)s, bucket) AS b, sum(ride_s), sum(idle_s), sum(in_service_s),"
     " sum(maintenance_s), count(DISTINCT device_id) FILTER (WHERE in_service_s > 0),"
@@ -33,8 +36,8 @@ _ROLLUP = (
 async def list_trips(
     config: ConfigDep,
     device_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: FleetTime | None = None,
+    until: FleetTime | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[dict[str, Any]]:
     """Trips overlapping [since, until), newest first; ongoing trips included (`ongoing: true`)."""
@@ -63,8 +66,8 @@ async def list_trips(
 @router.get("/utilization")
 async def fleet_utilization(
     config: ConfigDep,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[FleetTime | None, Query(alias="from")] = None,
+    end: Annotated[FleetTime | None, Query(alias="to")] = None,
     bucket: Literal["hour", "day"] = "hour",
     device_id: str | None = None,
 ) -> dict[str, Any]:
@@ -75,6 +78,10 @@ async def fleet_utilization(
     if start >= end:
         raise HTTPException(422, "'from' must be before 'to'")
     width = _WIDTH[bucket]
+    if (end - start).total_seconds() / width > MAX_BUCKETS:
+        raise HTTPException(
+            422, f"at most {MAX_BUCKETS} {bucket} buckets per request: narrow the window or use bucket=day"
+        )
     params = {"width": timedelta(seconds=width), "from": start, "to": end, "device": device_id}
     sql = _ROLLUP.format(device="" if device_id is None else " AND device_id = %(device)s")
     rows = await run_in_threadpool(_fetch, config.database_url, sql, params)

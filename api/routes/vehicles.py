@@ -6,10 +6,11 @@ import orjson
 from fastapi import APIRouter, HTTPException, Response
 from fastapi.concurrency import run_in_threadpool
 
+from api.auth import VIEWER
 from api.deps import LiveDep
 from api.geojson import feature_collection, vehicle_feature
 
-router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"])
+router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"], dependencies=[VIEWER])
 
 GEOJSON = "application/geo+json"
 

@@ -1,8 +1,10 @@
 """Zones: GeoJSON in, validated and normalised by the geofence core, stored for the worker to pick up.
 
 A zone the core refuses (self-intersecting ring, wrong geometry type, open ring, slow zone without a
-limit, unknown kind) is a 422 with the core's message, which names the zone and the place.
-Changes take effect in the running geofence worker within a second (it polls the zone catalog version).
+limit, unknown kind, too many vertices) is a 422 with the core's message, which names the zone and
+the place. Changes take effect in the running geofence worker within a second (it polls the zone
+catalog version). Viewers read zones; operators create, replace and delete them, each change audited
+with the zone before and after.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import secrets
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from api import keystore
+from api.auth import VIEWER, OperatorKey, route_of
 from api.deps import ConfigDep
 from geofence import store
 from geofence.errors import ZoneError
@@ -28,7 +32,7 @@ ZONE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 class ZoneBase(BaseModel):
     name: str = Field(default="", max_length=200)
-    kind: str = Field(description="service_area, no_parking, slow or no_ride")
+    kind: str = Field(description="service_area, no_parking, slow or no_ride", max_length=64)
     speed_limit_kmh: float | None = Field(default=None, description="required for slow zones")
     geometry: dict[str, Any] = Field(description="GeoJSON Polygon or MultiPolygon, or a Feature holding one")
 
@@ -55,12 +59,14 @@ def _geojson(obj: object, status_code: int = 200) -> Response:
 
 
 @router.post("", status_code=201)
-async def create_zone(body: ZoneCreate, config: ConfigDep) -> Response:
+async def create_zone(actor: OperatorKey, body: ZoneCreate, config: ConfigDep, request: Request) -> Response:
     zone = _zone(body.id or f"zone-{secrets.token_hex(6)}", body)
 
     def insert() -> store.StoredZone:
         with store.connect(config.database_url) as conn:
-            return store.insert_zone(conn, zone)
+            stored = store.insert_zone(conn, zone)
+            keystore.record(conn, actor, "zone.create", zone.id, None, stored.feature(), route_of(request))
+            return stored
 
     try:
         stored = await run_in_threadpool(insert)
@@ -69,7 +75,7 @@ async def create_zone(body: ZoneCreate, config: ConfigDep) -> Response:
     return _geojson(stored.feature(), 201)
 
 
-@router.get("")
+@router.get("", dependencies=[VIEWER])
 async def list_zones(config: ConfigDep) -> Response:
     """All zones as an RFC 7946 FeatureCollection."""
 
@@ -81,7 +87,7 @@ async def list_zones(config: ConfigDep) -> Response:
     return _geojson({"type": "FeatureCollection", "features": [z.feature() for z in zones]})
 
 
-@router.get("/{zone_id}")
+@router.get("/{zone_id}", dependencies=[VIEWER])
 async def get_zone(zone_id: str, config: ConfigDep) -> Response:
     def read() -> store.StoredZone | None:
         with store.connect(config.database_url) as conn:
@@ -94,13 +100,20 @@ async def get_zone(zone_id: str, config: ConfigDep) -> Response:
 
 
 @router.put("/{zone_id}")
-async def replace_zone(zone_id: str, body: ZoneUpdate, config: ConfigDep) -> Response:
+async def replace_zone(
+    actor: OperatorKey, zone_id: str, body: ZoneUpdate, config: ConfigDep, request: Request
+) -> Response:
     """Replace a zone's kind, name, limit and geometry (create zones with POST)."""
     zone = _zone(zone_id, body)
 
     def update() -> store.StoredZone | None:
         with store.connect(config.database_url) as conn:
-            return store.replace_zone(conn, zone)
+            before = store.get_zone(conn, zone_id)
+            stored = store.replace_zone(conn, zone)
+            if stored is not None:
+                old = before.feature() if before else None
+                keystore.record(conn, actor, "zone.replace", zone_id, old, stored.feature(), route_of(request))
+            return stored
 
     stored = await run_in_threadpool(update)
     if stored is None:
@@ -109,10 +122,14 @@ async def replace_zone(zone_id: str, body: ZoneUpdate, config: ConfigDep) -> Res
 
 
 @router.delete("/{zone_id}", status_code=204)
-async def delete_zone(zone_id: str, config: ConfigDep) -> None:
+async def delete_zone(actor: OperatorKey, zone_id: str, config: ConfigDep, request: Request) -> None:
     def delete() -> bool:
         with store.connect(config.database_url) as conn:
-            return store.delete_zone(conn, zone_id)
+            before = store.get_zone(conn, zone_id)
+            if before is None or not store.delete_zone(conn, zone_id):
+                return False
+            keystore.record(conn, actor, "zone.delete", zone_id, before.feature(), None, route_of(request))
+            return True
 
     if not await run_in_threadpool(delete):
         raise HTTPException(404, f"no zone {zone_id!r}")

@@ -30,6 +30,7 @@ DEVICE_PUBLISH = ("telemetry", "nmea", "status", "cmd/ack")
 SERVICE_ROLE = "fleet-service"
 COMMANDS_ROLE = "fleet-commands"
 ADMIN_ROLE = "fleet-admin"
+RESERVED_PREFIX = "fleet-"  # service accounts and our own client ids (gateways, broker admin, probes)
 
 Acl = dict[str, Any]
 Command = dict[str, Any]
@@ -52,6 +53,11 @@ def check_device_id(device_id: str) -> str:
     """A device id must be usable as one topic level and as a client id: letters, digits, `._-`."""
     if device_id in (SERVICE_USER, COMMANDS_USER, ADMIN_USER):
         raise ValueError(f"{device_id!r} is the name of a service account, not usable as a device id")
+    if isinstance(device_id, str) and device_id.lower().startswith(RESERVED_PREFIX):
+        raise ValueError(
+            f"device ids starting with {RESERVED_PREFIX!r} are reserved for the fleet's own accounts and"
+            f" clients, got {device_id!r}"
+        )
     if not isinstance(device_id, str) or not DEVICE_ID.fullmatch(device_id):
         raise ValueError(
             f"device id must be 1-64 characters of letters, digits, '.', '_' or '-' "

@@ -17,9 +17,13 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as mqtt
 import psycopg
+from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
+from api import keystore
+from api.app import create_app
 from api.deps import ApiConfig
+from api.keys import Role
 from gateway import decoders
 from gateway.broker_admin import BrokerAdmin
 from gateway.config import Endpoints
@@ -237,3 +241,21 @@ class DeviceFeed:
             for _device_id, client in self._clients:
                 client.disconnect()
                 client.loop_stop()
+
+
+def api_key(endpoints: Endpoints, role: Role = Role.ADMIN, name: str = "tests") -> str:
+    """A fresh API key of `role` (its token), made the way `fleet keys create` makes one (the
+    `admin_key` fixture of tests/conftest.py is the same for an admin)."""
+    with psycopg.connect(endpoints.database_url) as conn:
+        _, token = keystore.create_key(conn, name, role, keystore.Actor(None, "tests", None))
+    return token
+
+
+def api_client(endpoints: Endpoints, role: Role = Role.ADMIN, *, registry: bool = False) -> TestClient:
+    """The operator API on the session's servers under its own database role and Redis user, as `fleet
+    api` runs it, calling with a key of `role`; `registry` gives it the broker admin account (device
+    registration)."""
+    own = api_config(endpoints)
+    config = ApiConfig(own.database_url, own.redis_url, own.mqtt_admin_url if registry else None)
+    headers = {"Authorization": f"Bearer {api_key(endpoints, role)}"}
+    return TestClient(create_app(config), headers=headers)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
-from fleet_harness import api_config, device_client
+from fleet_harness import api_client, device_client
 from paho.mqtt.enums import CallbackAPIVersion
 
-from api.app import create_app
 from gateway.config import Endpoints
 from gateway.settings import MqttTarget
 
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def _api(endpoints: Endpoints) -> TestClient:
-    return TestClient(create_app(api_config(endpoints)))
+    return api_client(endpoints, registry=True)
 
 
 def _refused(endpoints: Endpoints, device_id: str, password: str) -> bool:

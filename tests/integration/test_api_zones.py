@@ -10,9 +10,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from fleet_harness import api_config
+from fleet_harness import api_client
 
-from api.app import create_app
 from gateway.config import Endpoints
 
 pytestmark = pytest.mark.integration
@@ -27,7 +26,7 @@ BOWTIE = {"type": "Polygon", "coordinates": [[RING[0], RING[2], RING[1], RING[3]
 def api(clean: Endpoints) -> Iterator[TestClient]:
     with psycopg.connect(clean.database_url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {GEO_TABLES}")
-    with TestClient(create_app(api_config(clean))) as client:
+    with api_client(clean) as client:
         yield client
 
 

@@ -15,9 +15,8 @@ import psycopg
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from fleet_harness import api_config, device_client, publish_all, register, services, wait_for
+from fleet_harness import api_client, device_client, publish_all, register, services, wait_for
 
-from api.app import create_app
 from gateway.config import Endpoints
 from gateway.records import Source, Telemetry
 from gateway.wire import FIELD, FORMAT, StreamEntry, encode_entry
@@ -51,15 +50,14 @@ def geo(clean: Endpoints, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[End
     monkeypatch.setattr(service, "ROLLUP_TICK_S", 0.5)
     with psycopg.connect(clean.database_url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {GEO_TABLES}")
-    with TestClient(create_app(api_config(clean))) as api:
+    with api_client(clean) as api:
         yield clean, api
 
 
 @contextmanager
 def geofence_worker(endpoints: Endpoints, consumer: str = "geofence-test") -> Iterator[GeofenceWorker]:
     stop = threading.Event()
-    own = endpoints.for_service("geofence")
-    worker = GeofenceWorker(own.redis_url, own.database_url, consumer=consumer)
+    worker = GeofenceWorker(endpoints.redis_url, endpoints.database_url, consumer=consumer)
     thread = threading.Thread(target=worker.run, args=(stop,), name="geofence")
     thread.start()
     try:
@@ -283,27 +281,3 @@ def _scalar(url: str, sql: str) -> object:
     with psycopg.connect(url) as conn:
         row = conn.execute(sql).fetchone()
     return row[0] if row else None
-
-
-def test_a_zone_event_the_database_refuses_is_dead_lettered_and_the_others_stored(geo) -> None:
-    """A device id with NUL (which the gateway never lets through, but a stream entry may hold) makes
-    its events unstorable: they are dead-lettered with the database's reason, the other device's
-    events of the same batch are stored, and the worker goes on."""
-    endpoints, api = geo
-    assert api.post("/v1/zones", json={"id": "nr", "kind": "no_ride", "geometry": square(0, 100)}).status_code == 201
-    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-    lon, lat = lonlat(50)
-    records = [Telemetry(d, t0, Source.JSON, lat, lon) for d in ("gp-ok", "gp-\x00bad")]
-    client = redis.Redis.from_url(endpoints.redis_url)
-    client.xadd(POSITIONS_STREAM, {FIELD: encode_entry(StreamEntry(FORMAT, records, [t0, t0], []))})
-    with geofence_worker(endpoints) as worker, psycopg.connect(endpoints.database_url, autocommit=True) as conn:
-        wait_for(lambda: worker.stats.entries == 1, 20, "the entry processed")
-        stored = conn.execute(EVENTS, ("gp-ok", "nr")).fetchall()
-        assert ("enter", "") in stored
-        refused = conn.execute(
-            "SELECT count(*), min(detail) FROM dead_letters WHERE reason = 'db_refused' AND topic = %s",
-            (POSITIONS_STREAM,),
-        ).fetchone()
-        assert refused is not None and refused[0] == len(stored) and "NUL" in refused[1], refused
-    assert client.xpending(POSITIONS_STREAM, service.GROUP)["pending"] == 0
-    client.close()

@@ -8,10 +8,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
-from fleet_harness import api_config, device_client, publish_all, register, scalar, services, wait_for
+from fleet_harness import api_client, device_client, publish_all, register, scalar, services, wait_for
 
-from api.app import create_app
 from gateway.config import Endpoints
 
 pytestmark = pytest.mark.integration
@@ -43,7 +41,7 @@ def test_published_telemetry_reaches_the_hypertable_and_the_map(clean: Endpoints
         wait_for(lambda: scalar(clean.database_url, OURS, ["bike-1", "bike-2"]) == 51, what="51 rows")
 
     assert scalar(clean.database_url, "SELECT count(*) FROM telemetry WHERE device_id = 'bike-1'") == 50
-    with TestClient(create_app(api_config(clean))) as api:
+    with api_client(clean) as api:
         response = api.get("/v1/vehicles")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/geo+json"
@@ -71,7 +69,7 @@ def test_duplicates_are_stored_once_and_late_records_do_not_move_the_vehicle_bac
         wait_for(lambda: not _pending(clean), what="stream drained")
 
     assert scalar(clean.database_url, "SELECT count(DISTINCT time) FROM telemetry WHERE device_id = 'bike-9'") == 2
-    with TestClient(create_app(api_config(clean))) as api:
+    with api_client(clean) as api:
         feature = api.get("/v1/vehicles/bike-9").json()
     assert feature["geometry"]["coordinates"] == pytest.approx([13.5, 52.6])
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 
-COMMANDS = ["migrate", "gateway", "ingest", "geofence", "api", "simulate", "demo", "stack", "devices", "bench"]
+COMMANDS = ["migrate", "gateway", "ingest", "geofence", "api", "simulate", "demo", "stack", "devices", "bench", "keys"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from fleet_harness import api_client, api_key
+from fleet_harness import api_client, api_config, api_key
 from typer.testing import CliRunner
 
 from api.app import create_app
@@ -31,7 +31,7 @@ def keys(endpoints: Endpoints) -> dict[Role, str]:
 
 @pytest.fixture
 def app_client(clean: Endpoints) -> Iterator[TestClient]:
-    config = ApiConfig(clean.database_url, clean.redis_url, clean.mqtt_admin_url)
+    config = api_config(clean)  # the API's own role: the matrix checks its grants too
     with TestClient(create_app(config)) as client:
         yield client
 

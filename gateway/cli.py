@@ -301,6 +301,12 @@ def demo(
     raise typer.Exit(run_demo(_settings(state_dir), devices=devices, console=console))
 
 
+# -- commands (the subcommands live in commands/cli.py) --------------------------------------------
+from commands.cli import app as commands_app  # noqa: E402 - kept in this one block
+
+app.add_typer(commands_app, name="commands")
+
+
 # -- benchmarks -----------------------------------------------------------------------------------
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 

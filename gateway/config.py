@@ -18,6 +18,7 @@ class Endpoints:
     redis_url: str
     mqtt_admin_url: str | None
     local_stack: bool
+    mqtt_commands_url: str | None = None  # the command service's account (publishes only fleet/+/cmd)
 
     def env(self) -> dict[str, str]:
         """The same endpoints as `FLEET_*` variables, for child processes."""
@@ -28,6 +29,8 @@ class Endpoints:
         }
         if self.mqtt_admin_url:
             env["FLEET_MQTT_ADMIN_URL"] = self.mqtt_admin_url
+        if self.mqtt_commands_url:
+            env["FLEET_MQTT_COMMANDS_URL"] = self.mqtt_commands_url
         return env
 
 
@@ -47,6 +50,7 @@ def resolve(settings: Settings, *, start: bool = False) -> Endpoints:
             settings.redis_url or "",
             settings.mqtt_admin_url,
             local_stack=False,
+            mqtt_commands_url=settings.mqtt_commands_url,
         )
     stack = local_stack(settings)
     urls: StackUrls = stack.up() if start else stack.urls()
@@ -56,4 +60,5 @@ def resolve(settings: Settings, *, start: bool = False) -> Endpoints:
         settings.redis_url or urls.redis_url,
         settings.mqtt_admin_url or urls.mqtt_admin_url,
         local_stack=True,
+        mqtt_commands_url=settings.mqtt_commands_url or urls.mqtt_commands_url,
     )

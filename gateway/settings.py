@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     mqtt_url: str | None = None
     redis_url: str | None = None
     mqtt_admin_url: str | None = None  # account allowed to manage device credentials at the broker
+    mqtt_commands_url: str | None = None  # the command service's account (fleet-commands)
 
     mqtt_port: int = 18831
     postgres_port: int = 15433

@@ -41,6 +41,7 @@ def _external() -> Endpoints | None:
         env["FLEET_REDIS_URL"],
         env.get("FLEET_MQTT_ADMIN_URL"),
         local_stack=False,
+        mqtt_commands_url=env.get("FLEET_MQTT_COMMANDS_URL"),
     )
 
 
@@ -65,7 +66,8 @@ def endpoints(stack_dir: Path) -> Iterator[Endpoints]:
     try:
         urls = stack.up()
         migrate(urls.database_url)
-        yield Endpoints(urls.database_url, urls.mqtt_url, urls.redis_url, urls.mqtt_admin_url, local_stack=True)
+        yield Endpoints(urls.database_url, urls.mqtt_url, urls.redis_url, urls.mqtt_admin_url, local_stack=True,
+                        mqtt_commands_url=urls.mqtt_commands_url)  # fmt: skip
     finally:
         stack.down()
 

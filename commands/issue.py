@@ -1,0 +1,112 @@
+"""Issuing and canceling a command: what the API, the CLI and the lockout engine share.
+
+The command is stored (superseding what it replaces) and the service is woken through Redis; the
+service would also find it on its next resync or restart, so a lost wake-up delays, never loses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+import redis
+
+from commands import store
+from commands.fleetview import observe
+from commands.lifecycle import initial_state
+from commands.model import AUTOMATIC_REASONS, Action, Command, Rules, Vehicle
+from ingest.livestate import VEHICLES_KEY
+
+WAKE_CHANNEL = "fleet:cmd-wake"
+TRANSITIONS_CHANNEL = "fleet:commands"
+
+
+class CommandRefused(Exception):
+    """A request that cannot become a command. `status` is the HTTP status the API answers with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequest:
+    device_id: str
+    action: Action
+    requested_by: str
+    reason: str = "operator"
+    params: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
+    ttl_s: float | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    command: Command
+    created: bool  # False: the idempotency key named an earlier command, returned unchanged
+    superseded: tuple[str, ...]
+
+
+def issue(conn: psycopg.Connection, client: redis.Redis, req: CommandRequest, rules: Rules, now: datetime) -> Issued:
+    if req.force and (req.action is not Action.LOCK or req.reason in AUTOMATIC_REASONS):
+        raise CommandRefused(422, "force applies to an operator's lock only, never to a policy's")
+    row = conn.execute("SELECT status FROM devices WHERE id = %s", (req.device_id,)).fetchone()
+    if row is None:
+        raise CommandRefused(404, f"unknown device {req.device_id!r}")
+    if row[0] != "active":
+        raise CommandRefused(409, f"device {req.device_id!r} is {row[0]}: it cannot receive commands")
+    ttl = rules.ttl_for(req.action, req.ttl_s)
+    command = Command(
+        id=str(uuid.uuid4()), device_id=req.device_id, action=req.action, reason=req.reason,
+        requested_by=req.requested_by, created_at=now, expires_at=now + timedelta(seconds=ttl),
+        params=req.params, force=req.force,
+    )  # fmt: skip
+    state, detail = initial_state(command, _vehicle(client, req.device_id, rules), now, rules)
+    command = replace(command, state=state, detail=detail, next_at=command.expires_at)
+    stored, created, replaced = store.create(conn, command, req.idempotency_key, now)
+    if not created and _differs(stored.command, req):
+        raise CommandRefused(409, "idempotency key already used for a different command on this device")
+    if created:
+        _wake(client, [command.id, *(c.id for c in replaced)])
+    return Issued(stored.command, created, tuple(c.id for c in replaced))
+
+
+def cancel(conn: psycopg.Connection, client: redis.Redis, command_id: str, by: str, now: datetime) -> Command:
+    stored, canceled = store.cancel(conn, command_id, by, now)
+    if stored is None:
+        raise CommandRefused(404, f"unknown command {command_id}")
+    if not canceled:
+        raise CommandRefused(
+            409, f"command is {stored.command.state}: only a command not yet delivered can be canceled"
+        )
+    _wake(client, [command_id])
+    return stored.command
+
+
+def _vehicle(client: redis.Redis, device_id: str, rules: Rules) -> Vehicle:
+    raw = client.hget(VEHICLES_KEY, device_id)
+    try:
+        state = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        state = None
+    return observe(Vehicle(), state, rules) if isinstance(state, dict) else Vehicle()
+
+
+def _wake(client: redis.Redis, ids: list[str]) -> None:
+    try:
+        pipe = client.pipeline(transaction=False)
+        for command_id in ids:
+            pipe.publish(WAKE_CHANNEL, command_id)
+        pipe.execute()
+    except redis.RedisError:
+        pass  # stored: the service finds it when it resyncs
+
+
+def _differs(command: Command, req: CommandRequest) -> bool:
+    return (command.action, dict(command.params), command.force) != (req.action, req.params, req.force)

@@ -1,0 +1,409 @@
+"""The command service (`fleet commands serve`): decides with the pure lifecycle, stores, then publishes.
+
+One thread decides; three feed it through one queue: acks from the gateway's stream `fleet:cmd-acks`
+(consumer group `commands`, acknowledged only after the transition is committed), the live state and
+wake-ups from Redis pub/sub (`fleet:live`, `fleet:cmd-wake`), and device status from the broker
+(`fleet/+/status`, retained, so a fresh subscription knows who is online). Timers (ack timeouts,
+expiry, the park clock) live in a heap built from the database: nothing polls.
+
+Restart-safe because the database is the only truth: a command is stored as `sent` before it is
+published, so a crash between the two leaves a `sent` command whose ack timeout resends it; a
+crash after the publish and before the ack leaves the ack pending in the stream for the next start.
+Several services may run: every change is a compare-and-set on the command's version, and the one
+that loses reloads the command instead of publishing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import queue
+import socket
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+import redis
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from commands import store
+from commands.fleetview import observe
+from commands.issue import TRANSITIONS_CHANNEL, WAKE_CHANNEL
+from commands.lifecycle import Acked, Step, Tick, step
+from commands.model import TERMINAL, Command, Rules, Vehicle
+from commands.wire import ACKS_STREAM, BadAck, command_topic, decode_ack_entry, encode_command, expiry_interval_s
+from gateway.ratelimit import RateLimitedLog
+from gateway.redis_client import GroupReader
+from gateway.settings import DURABLE_COMMIT, MqttTarget
+from ingest.livestate import LIVE_CHANNEL, ONLINE_KEY, VEHICLES_KEY
+
+log = logging.getLogger(__name__)
+
+GROUP = "commands"
+CLAIM_IDLE_MS = 15_000
+MAX_WAIT_S = 0.5  # longest sleep between looks at the stop flag
+RETRY_S = 1.0  # after a refused database or Redis call
+
+
+@dataclass(slots=True)
+class CommandStats:
+    sent: int = 0
+    acks: int = 0
+    transitions: int = 0
+    dead_acks: int = 0
+    lost_races: int = 0
+
+
+@dataclass(slots=True)
+class _Round:
+    acks: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
+    woken: set[str] = field(default_factory=set)  # command ids to reload from the database
+    look: set[str] = field(default_factory=set)  # command ids to look at as they are in memory
+    devices: set[str] = field(default_factory=set)  # devices whose commands must be looked at
+
+
+class CommandService:
+    def __init__(
+        self, mqtt_url: str, redis_url: str, database_url: str, *, rules: Rules | None = None,
+        consumer: str | None = None,
+    ) -> None:  # fmt: skip
+        self.rules = rules or Rules()
+        self._target = MqttTarget.parse(mqtt_url)
+        self._redis_url = redis_url
+        self._database_url = database_url
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.stats = CommandStats()
+        self.commands: dict[str, Command] = {}
+        self.vehicles: dict[str, Vehicle] = defaultdict(Vehicle)
+        self._timers: list[tuple[datetime, str]] = []
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=100_000)  # producers block when full
+        self._warn = RateLimitedLog(log)
+        self._ready = threading.Event()
+        self._conn: psycopg.Connection | None = None
+        self._carry = _Round()  # what the last round could not finish: acks to retry, commands to look at
+
+    # --- life -------------------------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once the service has loaded its commands and subscribed to status and acks."""
+        return self._ready.wait(timeout)
+
+    def run(self, stop: threading.Event) -> None:
+        self._redis = redis.Redis.from_url(self._redis_url)
+        client = self._mqtt = self._mqtt_client()
+        feeders = [
+            threading.Thread(target=self._read_acks, args=(stop,), name="commands-acks", daemon=True),
+            threading.Thread(target=self._read_pubsub, args=(stop,), name="commands-pubsub", daemon=True),
+        ]
+        try:
+            self._until_ok(stop, self._load)
+            client.connect_async(self._target.host, self._target.port)
+            client.loop_start()
+            for thread in feeders:
+                thread.start()
+            self._ready.set()
+            while not stop.is_set():
+                self._round(stop)
+        finally:
+            stop.set()
+            client.disconnect()
+            client.loop_stop()
+            for thread in feeders:
+                if thread.is_alive():
+                    thread.join(timeout=5)
+            if self._conn is not None:
+                self._conn.close()
+            self._redis.close()
+
+    def _until_ok(self, stop: threading.Event, action: Any) -> None:
+        while not stop.is_set():
+            try:
+                action()
+                return
+            except (psycopg.Error, redis.RedisError) as exc:
+                self._warn.warning("load", "commands: cannot load state, retrying: %s", exc)
+                self._conn = None
+                stop.wait(RETRY_S)
+
+    def _db(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._database_url, autocommit=True, options=DURABLE_COMMIT)
+        return self._conn
+
+    def _load(self) -> None:
+        """Every unfinished command, and what Redis knows of the vehicles: the state a restart needs."""
+        for raw in self._redis.hvals(VEHICLES_KEY):
+            with_err = _loads(raw)
+            if isinstance(with_err, dict) and isinstance(with_err.get("id"), str):
+                self.vehicles[with_err["id"]] = observe(Vehicle(), with_err, self.rules)
+        for device, flag in self._redis.hgetall(ONLINE_KEY).items():
+            v = self.vehicles[device.decode()]
+            self.vehicles[device.decode()] = replace(v, online=flag == b"1")
+        self._resync_commands()
+        log.info("commands: %d unfinished commands loaded", len(self.commands))
+
+    def _resync_commands(self) -> None:
+        """Merge the stored unfinished commands in (a wake-up may have been missed) and look at all."""
+        for command in store.load_active(self._db()):
+            known = self.commands.get(command.id)
+            if known is None or known.version != command.version:
+                self.commands[command.id] = command
+        self._carry.look.update(self.commands)
+
+    # --- feeders ----------------------------------------------------------------------------------
+
+    def _mqtt_client(self) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-commands-{self.consumer}",
+                             protocol=mqtt.MQTTv5)  # fmt: skip
+        if self._target.username:
+            client.username_pw_set(self._target.username, self._target.password)
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.max_queued_messages_set(0)
+        client.on_connect = lambda c, *_a: c.subscribe("fleet/+/status", qos=1)
+        client.on_message = self._on_status
+        return client
+
+    def _on_status(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        payload = msg.payload.strip()
+        if len(parts) == 3 and payload in (b"online", b"offline"):
+            self._inbox.put(("status", (parts[1], payload == b"online")))
+
+    def _read_acks(self, stop: threading.Event) -> None:
+        reader = GroupReader(
+            redis.Redis.from_url(self._redis_url), ACKS_STREAM, GROUP, self.consumer, count=1000, block_ms=200,
+            claim_idle_ms=CLAIM_IDLE_MS, claim_check_s=5.0,
+        )  # fmt: skip
+        ensured = False
+        while not stop.is_set():
+            try:
+                ensured = ensured or reader.ensure_group()
+                entries = reader.read()
+            except redis.RedisError as exc:
+                self._warn.warning("acks", "commands: cannot read acks: %s", exc)
+                stop.wait(RETRY_S)
+                continue
+            if entries:
+                self._inbox.put(("acks", entries))
+
+    def _read_pubsub(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            client = redis.Redis.from_url(self._redis_url)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(LIVE_CHANNEL, WAKE_CHANNEL)
+                self._inbox.put(("resync", None))  # anything published while we were not listening
+                while not stop.is_set():
+                    msg = pubsub.get_message(timeout=0.2)
+                    if msg is not None:
+                        self._inbox.put((msg["channel"].decode(), msg["data"]))
+            except redis.RedisError as exc:
+                self._warn.warning("pubsub", "commands: live state lost, resubscribing: %s", exc)
+                stop.wait(RETRY_S)
+            finally:
+                pubsub.close()
+                client.close()
+
+    # --- one round: take what came in, decide, store, publish ---------------------------------------
+
+    def _round(self, stop: threading.Event) -> None:
+        now = _now()
+        work, self._carry = self._carry, _Round()
+        wait = MAX_WAIT_S if not self._timers else max(0.0, min(MAX_WAIT_S, (self._timers[0][0] - now).total_seconds()))
+        if work.acks or work.woken or work.devices or work.look:
+            wait = 0.0
+        try:
+            self._take(self._inbox.get(timeout=wait), work)
+            while True:
+                self._take(self._inbox.get_nowait(), work)
+        except queue.Empty:
+            pass
+        try:
+            self._decide(work, _now())
+        except (psycopg.Error, redis.RedisError) as exc:
+            # Nothing was acknowledged: the acks come back from the stream, the rest from a reload.
+            self._warn.warning("decide", "commands: store refused a round, reloading: %s", exc)
+            self._conn = None
+            stop.wait(RETRY_S)
+            self.commands.clear()
+            self._timers.clear()
+            self._carry.acks.extend(work.acks)
+            self._until_ok(stop, self._resync_commands)
+
+    def _take(self, item: tuple[str, Any], work: _Round) -> None:
+        kind, data = item
+        if kind == "acks":
+            work.acks.extend(data)
+        elif kind == "status":
+            device, online = data
+            self.vehicles[device] = replace(self.vehicles[device], online=online)
+            work.devices.add(device)
+        elif kind == WAKE_CHANNEL:
+            work.woken.add(data.decode(errors="replace"))
+        elif kind == LIVE_CHANNEL:
+            states = _loads(data)
+            for state in states if isinstance(states, list) else ():
+                if isinstance(state, dict) and isinstance(state.get("id"), str):
+                    device = state["id"]
+                    self.vehicles[device] = observe(self.vehicles[device], state, self.rules)
+                    work.devices.add(device)
+        elif kind == "resync":
+            self._resync_commands()
+            devices = sorted({c.device_id for c in self.commands.values()})
+            for device, raw in zip(devices, self._redis.hmget(VEHICLES_KEY, devices) if devices else [], strict=True):
+                state = _loads(raw) if raw else None
+                if isinstance(state, dict):
+                    self.vehicles[device] = observe(self.vehicles[device], state, self.rules)
+
+    def _decide(self, work: _Round, now: datetime) -> None:
+        conn = self._db()
+        for command_id in work.woken:
+            self._reload(conn, command_id)
+        steps: dict[str, tuple[Command, Step]] = {}
+        acked, dead = self._ack_steps(conn, work.acks, now, steps)
+        due = self._due(now) | {c.id for c in self.commands.values() if c.device_id in work.devices}
+        due |= work.woken | work.look
+        for command in sorted((self.commands[i] for i in due if i in self.commands), key=lambda c: c.created_at):
+            before, so_far = steps.get(command.id, (command, Step(command)))
+            _chain(steps, before, so_far, step(so_far.command, Tick(now), self.vehicles[command.device_id], self.rules))
+        changes = [v for v in steps.values() if v[1].transitions]
+        applied = store.apply(conn, changes)
+        if dead:
+            for entry_id, _fields, reason in dead:
+                log.debug("commands: ack entry %s dead-lettered: %s", entry_id, reason)
+            store.dead_letter(conn, ACKS_STREAM, dead, now)
+        won = {s.command.id for s in applied}
+        lost = {before.id for before, s in changes if before.id not in won}
+        for before, s in steps.values():
+            if before.id in lost:
+                self.stats.lost_races += 1
+                self._reload(conn, before.id)  # another writer moved it: decide again from what is stored
+                self._carry.look.add(before.id)
+            elif before.id not in won:
+                self._keep(s.command)  # a new timer only, nothing stored
+        by_entry = dict(acked)
+        done_acks = [entry_id for entry_id, command_id in acked if command_id not in lost]
+        self._carry.acks.extend(e for e in work.acks if by_entry.get(e[0]) in lost)  # again, on the fresh state
+        for s in sorted(applied, key=lambda s: s.command.created_at):
+            self._keep(s.command)
+            if s.publish:
+                self._publish(s.command, now)
+        if done_acks:
+            self._redis.xack(ACKS_STREAM, GROUP, *done_acks)
+            self.stats.acks += len(done_acks)
+        self._announce(applied)
+
+    def _ack_steps(
+        self, conn: psycopg.Connection, entries: list[tuple[bytes, dict[bytes, bytes]]], now: datetime,
+        steps: dict[str, tuple[Command, Step]],
+    ) -> tuple[list[tuple[bytes, str | None]], list[tuple[bytes, dict[bytes, bytes], str]]]:  # fmt: skip
+        """Each entry with the command it moves (None: dead-lettered), and the dead letters."""
+        done: list[tuple[bytes, str | None]] = []
+        dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        for entry_id, fields in entries:
+            try:
+                ack = decode_ack_entry(fields)
+            except BadAck as exc:
+                dead.append((entry_id, fields, str(exc)))
+                done.append((entry_id, None))
+                continue
+            command = self.commands.get(ack.command_id) or self._stored(conn, ack.command_id)
+            if command is None or command.device_id != ack.device_id:
+                dead.append((entry_id, fields, "unknown_command" if command is None else "device_mismatch"))
+                done.append((entry_id, None))
+                continue
+            done.append((entry_id, command.id))
+            before, so_far = steps.get(command.id, (command, Step(command)))
+            event = Acked(now, ack.result, ack.detail)
+            _chain(steps, before, so_far, step(so_far.command, event, self.vehicles[command.device_id], self.rules))
+        return done, dead
+
+    def _stored(self, conn: psycopg.Connection, command_id: str) -> Command | None:
+        try:
+            found = store.get(conn, command_id)
+        except psycopg.errors.InvalidTextRepresentation:
+            return None
+        return None if found is None else found.command
+
+    def _reload(self, conn: psycopg.Connection, command_id: str) -> None:
+        self.commands.pop(command_id, None)
+        command = self._stored(conn, command_id)
+        if command is not None:
+            self._keep(command)
+
+    def _keep(self, command: Command) -> None:
+        if command.state in TERMINAL:
+            self.commands.pop(command.id, None)
+            return
+        self.commands[command.id] = command
+        if command.next_at is not None:
+            heapq.heappush(self._timers, (command.next_at, command.id))
+
+    def _due(self, now: datetime) -> set[str]:
+        due = set()
+        while self._timers and self._timers[0][0] <= now:
+            _when, command_id = heapq.heappop(self._timers)
+            due.add(command_id)
+        return due
+
+    def _publish(self, command: Command, now: datetime) -> None:
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = expiry_interval_s(command, now)
+        self._client_publish(command_topic(command.device_id), encode_command(command), props)
+        self.stats.sent += 1
+
+    def _client_publish(self, topic: str, payload: bytes, props: Properties) -> None:
+        info = self._mqtt.publish(topic, payload, qos=1, properties=props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            # Stored as sent already: the ack timeout sends it again.
+            self._warn.warning("publish", "commands: publish to %s not accepted (rc %s)", topic, info.rc)
+
+    def _announce(self, applied: list[Step]) -> None:
+        if not applied:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for s in applied:
+            for t in s.transitions:
+                body = {"id": t.command_id, "device_id": s.command.device_id, "action": str(s.command.action),
+                        "from": t.from_state, "to": t.to_state, "at": t.at.isoformat(), "actor": t.actor,
+                        "detail": t.detail}  # fmt: skip
+                pipe.publish(TRANSITIONS_CHANNEL, orjson.dumps(body))
+                self.stats.transitions += 1
+        pipe.execute()
+
+
+def _chain(steps: dict[str, tuple[Command, Step]], before: Command, so_far: Step, nxt: Step) -> None:
+    """Two events for one command in one round make one stored change, decided in order."""
+    steps[before.id] = (before, Step(nxt.command, so_far.transitions + nxt.transitions, so_far.publish or nxt.publish))
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def consumer_name(instance: str | None = None) -> str:
+    """`commands-<instance>`, the instance defaulting to `FLEET_COMMANDS_ID`, then host name and pid:
+    a stable name lets a restarted service take back at once the acks it had read and not finished."""
+    return f"commands-{instance or os.environ.get('FLEET_COMMANDS_ID') or f'{socket.gethostname()}-{os.getpid()}'}"
+
+
+def run_commands(mqtt_url: str, redis_url: str, database_url: str, rules: Rules, instance: str | None = None) -> None:
+    from gateway.process import stop_on_signals
+
+    stop = stop_on_signals()
+    CommandService(mqtt_url, redis_url, database_url, rules=rules, consumer=consumer_name(instance)).run(stop)

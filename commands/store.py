@@ -1,0 +1,200 @@
+"""Commands in PostgreSQL: the current state one row per command, the audit log appended beside it.
+
+Every change is a compare-and-set on `version`, so two writers (two command services, the API
+canceling while the service sends) never both move the same command: the loser reloads and decides
+again from what is stored. The functions take an open connection and leave the transaction to the
+caller, except `create`, `apply` and `cancel`, which are one transaction each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb
+
+from commands.lifecycle import Canceled, Step, Superseded, step, superseded_by
+from commands.model import DESIRED_STATE, Action, Command, Rules, State, Transition, Vehicle
+
+_COLUMNS = (
+    "id::text, device_id, action, params, reason, requested_by, force, state, detail, attempts,"
+    " created_at, expires_at, sent_at, next_at, version, idempotency_key"
+)
+_ACTIVE = "('queued', 'waiting_for_park', 'sent', 'delivered')"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    command: Command
+    idempotency_key: str | None
+
+
+def _command(row: tuple[Any, ...]) -> Stored:
+    params = row[3] if isinstance(row[3], dict) else orjson.loads(row[3])
+    command = Command(
+        id=row[0], device_id=row[1], action=Action(row[2]), params=params, reason=row[4], requested_by=row[5],
+        force=row[6], state=State(row[7]), detail=row[8], attempts=row[9], created_at=row[10],
+        expires_at=row[11], sent_at=row[12], next_at=row[13], version=row[14],
+    )  # fmt: skip
+    return Stored(command, row[15])
+
+
+def get(conn: psycopg.Connection, command_id: str) -> Stored | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = %s", (command_id,)).fetchone()
+    return _command(row) if row else None
+
+
+def load_active(conn: psycopg.Connection, device_ids: Sequence[str] | None = None) -> list[Command]:
+    """Everything the service must keep an eye on, oldest first (the order devices get them in)."""
+    sql = f"SELECT {_COLUMNS} FROM commands WHERE state IN {_ACTIVE}"
+    params: tuple[Any, ...] = ()
+    if device_ids is not None:
+        sql += " AND device_id = ANY(%s)"
+        params = (list(device_ids),)
+    rows = conn.execute(sql + " ORDER BY created_at, id", params).fetchall()
+    return [_command(r).command for r in rows]
+
+
+def listing(
+    conn: psycopg.Connection, *, device: str | None, state: str | None, since: datetime | None, limit: int
+) -> list[Command]:
+    where, params = [], []
+    for clause, value in (("device_id = %s", device), ("state = %s", state), ("created_at >= %s", since)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    sql = f"SELECT {_COLUMNS} FROM commands" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = conn.execute(sql + " ORDER BY created_at DESC LIMIT %s", (*params, limit)).fetchall()
+    return [_command(r).command for r in rows]
+
+
+def transitions(conn: psycopg.Connection, command_id: str) -> list[Transition]:
+    rows = conn.execute(
+        "SELECT at, from_state, to_state, actor, detail FROM command_transitions WHERE command_id = %s ORDER BY seq",
+        (command_id,),
+    ).fetchall()
+    return [Transition(command_id, r[0], State(r[1]) if r[1] else None, State(r[2]), r[3], r[4]) for r in rows]
+
+
+def _append(conn: psycopg.Connection, rows: Sequence[Transition]) -> None:
+    if not rows:
+        return
+    with conn.cursor().copy(
+        "COPY command_transitions (command_id, at, from_state, to_state, actor, detail) FROM STDIN"
+    ) as copy:
+        for t in rows:
+            copy.write_row((t.command_id, t.at, t.from_state and str(t.from_state), str(t.to_state), t.actor, t.detail))
+
+
+def create(
+    conn: psycopg.Connection, command: Command, idempotency_key: str | None, now: datetime
+) -> tuple[Stored, bool, list[Command]]:
+    """Store a new command and supersede what it replaces, in one transaction.
+
+    Returns (the stored command, whether it is new, the commands it superseded). With a key already
+    used for this device, the earlier command comes back unchanged and nothing is written. Creations
+    for one device are serialised by an advisory lock, so two racing locks cannot both stay pending.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (command.device_id,))
+        if idempotency_key is not None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM commands WHERE device_id = %s AND idempotency_key = %s",
+                (command.device_id, idempotency_key),
+            ).fetchone()
+            if row is not None:
+                return _command(row), False, []
+        conn.execute(
+            "INSERT INTO commands (id, device_id, action, params, reason, requested_by, force, idempotency_key,"
+            " state, detail, created_at, expires_at, next_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                command.id, command.device_id, str(command.action), Jsonb(dict(command.params)), command.reason,
+                command.requested_by, command.force, idempotency_key, str(command.state), command.detail,
+                command.created_at, command.expires_at, command.next_at, now,
+            ),
+        )  # fmt: skip
+        rows = [Transition(command.id, now, None, command.state, command.requested_by, command.detail)]
+        replaced: list[Command] = []
+        if command.action in DESIRED_STATE:
+            older = load_active(conn, [command.device_id])
+            for old in superseded_by(command, older):
+                done = step(old, Superseded(now, command.id), Vehicle(), Rules())
+                if _cas(conn, [(old, done)]):
+                    rows += done.transitions
+                    replaced.append(done.command)
+        _append(conn, rows)
+    return Stored(command, idempotency_key), True, replaced
+
+
+def _cas(conn: psycopg.Connection, changes: Sequence[tuple[Command, Step]]) -> set[str]:
+    """Write each step's command where its stored version is still the one it was decided from."""
+    if not changes:
+        return set()
+    cols: list[list[Any]] = [[] for _ in range(7)]
+    for before, done in changes:
+        c = done.command
+        for i, value in enumerate(
+            (before.id, before.version, str(c.state), c.detail, c.attempts, c.sent_at, c.next_at)
+        ):
+            cols[i].append(value)
+    rows = conn.execute(
+        "UPDATE commands c SET state = u.state, detail = u.detail, attempts = u.attempts, sent_at = u.sent_at,"
+        " next_at = u.next_at, updated_at = now(), version = c.version + 1"
+        " FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::int[], %s::timestamptz[],"
+        " %s::timestamptz[]) AS u(id, version, state, detail, attempts, sent_at, next_at)"
+        " WHERE c.id = u.id AND c.version = u.version RETURNING c.id::text",
+        cols,
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def apply(conn: psycopg.Connection, changes: Sequence[tuple[Command, Step]]) -> list[Step]:
+    """Store the steps that change something, in one transaction; returns those that won (each with
+    its command's new version). A step that lost (another writer moved the command first) is left
+    out: the caller reloads that command."""
+    wanted = [(b, s) for b, s in changes if s.transitions]
+    if not wanted:
+        return []
+    with conn.transaction():
+        won = _cas(conn, wanted)
+        applied = [
+            Step(replace(s.command, version=b.version + 1), s.transitions, s.publish) for b, s in wanted if b.id in won
+        ]
+        _append(conn, [t for s in applied for t in s.transitions])
+    return applied
+
+
+def cancel(conn: psycopg.Connection, command_id: str, by: str, now: datetime) -> tuple[Stored | None, bool]:
+    """Cancel if not yet delivered. Returns (the command as stored after, whether it was canceled now)."""
+    for _ in range(5):
+        stored = get(conn, command_id)
+        if stored is None:
+            return None, False
+        done = step(stored.command, Canceled(now, by), Vehicle(), Rules())
+        if not done.transitions:
+            return stored, False
+        applied = apply(conn, [(stored.command, done)])
+        if applied:
+            return Stored(applied[0].command, stored.idempotency_key), True
+    return get(conn, command_id), False
+
+
+def dead_letter(
+    conn: psycopg.Connection, stream: str, dead: Sequence[tuple[bytes, dict[bytes, bytes], str]], now: datetime
+) -> None:
+    """Stream entries the service cannot use, kept with their bytes beside the gateway's dead letters."""
+    rows = [
+        (entry_id.decode(), 0, now, stream, reason.split(":")[0][:60], reason[:500], fields.get(b"a", b""))
+        for entry_id, fields, reason in dead
+    ]
+    with conn.transaction():
+        conn.cursor().executemany(
+            "INSERT INTO dead_letters (stream_entry, seq, received_at, topic, reason, detail, payload)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            rows,
+        )

@@ -9,7 +9,7 @@ import redis
 from fastapi import FastAPI
 
 from api.deps import ApiConfig
-from api.routes import devices, events, health, service_status, utilization, vehicles, zones
+from api.routes import commands, devices, events, health, service_status, utilization, vehicles, zones
 from ingest.livestate import LiveState
 
 
@@ -43,4 +43,5 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(zones.router)
     app.include_router(events.router)
     app.include_router(utilization.router)
+    app.include_router(commands.router)
     return app

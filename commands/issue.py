@@ -18,7 +18,7 @@ import redis
 from commands import store
 from commands.fleetview import observe
 from commands.lifecycle import initial_state
-from commands.model import AUTOMATIC_REASONS, Action, Command, Rules, Vehicle
+from commands.model import AUTOMATIC_REASONS, Action, Command, Rules, Vehicle, params_problem
 from ingest.livestate import VEHICLES_KEY
 
 WAKE_CHANNEL = "fleet:cmd-wake"
@@ -56,6 +56,9 @@ class Issued:
 def issue(conn: psycopg.Connection, client: redis.Redis, req: CommandRequest, rules: Rules, now: datetime) -> Issued:
     if req.force and (req.action is not Action.LOCK or req.reason in AUTOMATIC_REASONS):
         raise CommandRefused(422, "force applies to an operator's lock only, never to a policy's")
+    problem = params_problem(req.action, req.params)
+    if problem is not None:
+        raise CommandRefused(422, problem)
     row = conn.execute("SELECT status FROM devices WHERE id = %s", (req.device_id,)).fetchone()
     if row is None:
         raise CommandRefused(404, f"unknown device {req.device_id!r}")

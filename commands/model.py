@@ -127,3 +127,32 @@ class Transition:
     to_state: State
     actor: str
     detail: str = ""
+
+
+MAX_SPEED_LIMIT_KMH = 100.0
+MAX_ALARM_S = 3600.0
+
+
+def params_problem(action: Action, params: Mapping[str, Any]) -> str | None:
+    """Why these parameters do not fit the action, or None. Checked before a command is stored, so a
+    device never has to refuse a malformed one."""
+    allowed: dict[Action, frozenset[str]] = {
+        Action.SET_SPEED_LIMIT: frozenset({"kmh"}),
+        Action.ALARM: frozenset({"duration_s"}),
+    }
+    extra = set(params) - allowed.get(action, frozenset())
+    if extra:
+        return f"{action} takes no parameter {sorted(extra)[0]!r}"
+    if action is Action.SET_SPEED_LIMIT:
+        kmh = params.get("kmh", "missing")
+        if kmh is not None and not (_number(kmh) and 0 < kmh <= MAX_SPEED_LIMIT_KMH):
+            return f"set_speed_limit needs kmh in (0, {MAX_SPEED_LIMIT_KMH:g}], or null to remove the limit"
+    if action is Action.ALARM and "duration_s" in params:
+        seconds = params["duration_s"]
+        if not (_number(seconds) and 0 < seconds <= MAX_ALARM_S):
+            return f"alarm duration_s must be in (0, {MAX_ALARM_S:g}]"
+    return None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # NaN is not

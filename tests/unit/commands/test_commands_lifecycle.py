@@ -255,3 +255,15 @@ def test_one_desired_state_pending_and_the_newest_wins(seq: list[tuple[str, floa
             commands[cid] = step(c, event, replace(PARKED, seen=now), RULES).command
     for cid in superseded:
         assert commands[cid].state is State.SUPERSEDED
+
+
+def test_params_per_action() -> None:
+    from commands.model import params_problem
+
+    assert params_problem(Action.SET_SPEED_LIMIT, {"kmh": 15}) is None
+    assert params_problem(Action.SET_SPEED_LIMIT, {"kmh": None}) is None
+    assert params_problem(Action.SET_SPEED_LIMIT, {}) is not None
+    assert params_problem(Action.SET_SPEED_LIMIT, {"kmh": True}) is not None
+    assert params_problem(Action.ALARM, {}) is None
+    assert params_problem(Action.ALARM, {"duration_s": 4000}) is not None
+    assert params_problem(Action.LOCK, {"x": 1}) == "lock takes no parameter 'x'"

@@ -160,14 +160,16 @@ def _acked(command: Command, event: Acked, vehicle: Vehicle) -> Step:
         return _move(command, State.REJECTED, event.now, DEVICE, event.detail, next_at=None)
     if event.result == "error":
         return _move(command, State.FAILED, event.now, DEVICE, f"device error: {event.detail}", next_at=None)
-    delivered = _move(command, State.DELIVERED, event.now, DEVICE, event.detail, next_at=None)
+    # Confirmation is watched for until the time to live ends; alarm and speed limit end here.
+    watch = command.expires_at if needs_confirmation(command.action) else None
+    delivered = _move(command, State.DELIVERED, event.now, DEVICE, event.detail, next_at=watch)
     return _then_confirm(delivered, vehicle, event.now)
 
 
 def _then_confirm(done: Step, vehicle: Vehicle, now: datetime) -> Step:
     if not confirms(done.command, vehicle):
         return done
-    confirmed = _move(done.command, State.CONFIRMED, now, SERVICE, "reported state matches")
+    confirmed = _move(done.command, State.CONFIRMED, now, SERVICE, "reported state matches", next_at=None)
     return Step(confirmed.command, done.transitions + confirmed.transitions, done.publish)
 
 

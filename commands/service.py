@@ -38,7 +38,7 @@ from commands import store
 from commands.fleetview import observe
 from commands.issue import TRANSITIONS_CHANNEL, WAKE_CHANNEL
 from commands.lifecycle import Acked, Step, Tick, step
-from commands.model import TERMINAL, Command, Rules, Vehicle
+from commands.model import TERMINAL, Command, Rules, State, Vehicle
 from commands.wire import ACKS_STREAM, BadAck, command_topic, decode_ack_entry, encode_command, expiry_interval_s
 from gateway.ratelimit import RateLimitedLog
 from gateway.redis_client import GroupReader
@@ -140,15 +140,18 @@ class CommandService:
 
     def _load(self) -> None:
         """Every unfinished command, and what Redis knows of the vehicles: the state a restart needs."""
-        for raw in self._redis.hvals(VEHICLES_KEY):
-            with_err = _loads(raw)
-            if isinstance(with_err, dict) and isinstance(with_err.get("id"), str):
-                self.vehicles[with_err["id"]] = observe(Vehicle(), with_err, self.rules)
+        self._load_vehicles()
         for device, flag in self._redis.hgetall(ONLINE_KEY).items():
             v = self.vehicles[device.decode()]
             self.vehicles[device.decode()] = replace(v, online=flag == b"1")
         self._resync_commands()
         log.info("commands: %d unfinished commands loaded", len(self.commands))
+
+    def _load_vehicles(self) -> None:
+        for raw in self._redis.hvals(VEHICLES_KEY):
+            state = _loads(raw)
+            if isinstance(state, dict) and isinstance(state.get("id"), str):
+                self.vehicles[state["id"]] = observe(self.vehicles[state["id"]], state, self.rules)
 
     def _resync_commands(self) -> None:
         """Merge the stored unfinished commands in (a wake-up may have been missed) and look at all."""
@@ -255,13 +258,9 @@ class CommandService:
                     device = state["id"]
                     self.vehicles[device] = observe(self.vehicles[device], state, self.rules)
                     work.devices.add(device)
-        elif kind == "resync":
+        elif kind == "resync":  # (re)subscribed: what was published meanwhile is in the hash and the table
             self._resync_commands()
-            devices = sorted({c.device_id for c in self.commands.values()})
-            for device, raw in zip(devices, self._redis.hmget(VEHICLES_KEY, devices) if devices else [], strict=True):
-                state = _loads(raw) if raw else None
-                if isinstance(state, dict):
-                    self.vehicles[device] = observe(self.vehicles[device], state, self.rules)
+            self._load_vehicles()
 
     def _decide(self, work: _Round, now: datetime) -> None:
         conn = self._db()
@@ -340,7 +339,8 @@ class CommandService:
             self._keep(command)
 
     def _keep(self, command: Command) -> None:
-        if command.state in TERMINAL:
+        watching = command.state is not State.DELIVERED or (command.next_at is not None and command.next_at > _now())
+        if command.state in TERMINAL or not watching:
             self.commands.pop(command.id, None)
             return
         self.commands[command.id] = command

@@ -24,7 +24,8 @@ _COLUMNS = (
     "id::text, device_id, action, params, reason, requested_by, force, state, detail, attempts,"
     " created_at, expires_at, sent_at, next_at, version, idempotency_key"
 )
-_ACTIVE = "('queued', 'waiting_for_park', 'sent', 'delivered')"
+# A delivered command is watched for its confirmation until its time to live ends.
+_ACTIVE = "(state IN ('queued', 'waiting_for_park', 'sent') OR (state = 'delivered' AND next_at > now()))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ def get(conn: psycopg.Connection, command_id: str) -> Stored | None:
 
 def load_active(conn: psycopg.Connection, device_ids: Sequence[str] | None = None) -> list[Command]:
     """Everything the service must keep an eye on, oldest first (the order devices get them in)."""
-    sql = f"SELECT {_COLUMNS} FROM commands WHERE state IN {_ACTIVE}"
+    sql = f"SELECT {_COLUMNS} FROM commands WHERE {_ACTIVE}"
     params: tuple[Any, ...] = ()
     if device_ids is not None:
         sql += " AND device_id = ANY(%s)"

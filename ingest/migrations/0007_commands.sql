@@ -25,7 +25,7 @@ CREATE TABLE commands (
 CREATE INDEX commands_device ON commands (device_id, created_at DESC);
 CREATE INDEX commands_created ON commands (created_at DESC);
 -- What the service loads on start: everything not finished (delivered waits for confirmation).
-CREATE INDEX commands_active ON commands (device_id, created_at)
+CREATE INDEX commands_active ON commands (created_at)
     WHERE state IN ('queued', 'waiting_for_park', 'sent', 'delivered');
 
 CREATE TABLE command_transitions (

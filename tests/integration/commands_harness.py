@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -134,3 +138,15 @@ class Firmware:
         body_t = {"v": 1, "ts": datetime.now(UTC).isoformat(), "lat": 52.52, "lon": 13.40,
                   "speed_kmh": self.speed_kmh, "locked": self.locked}  # fmt: skip
         client.publish(f"fleet/{self.device_id}/telemetry", orjson.dumps(body_t), qos=1)
+
+
+def spawn_commands(endpoints: Endpoints, instance: str, log_dir: Path, rules: Rules = FAST) -> subprocess.Popen[bytes]:
+    """`fleet commands serve` as its own process, so a test can kill -9 it."""
+    env = {
+        **os.environ, **endpoints.env(), "FLEET_COMMANDS_ID": instance,
+        "FLEET_COMMANDS_ACK_TIMEOUT_S": str(rules.ack_timeout_s), "FLEET_COMMANDS_BACKOFF": str(rules.backoff),
+        "FLEET_COMMANDS_MAX_SENDS": str(rules.max_sends), "FLEET_COMMANDS_PARK_S": str(rules.park_s),
+    }  # fmt: skip
+    with (log_dir / f"commands-{instance}.log").open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "commands", "serve"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip

@@ -4,8 +4,10 @@ its telemetry through ingest's live state."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from commands_harness import (
@@ -14,10 +16,11 @@ from commands_harness import (
     command_service,
     path_of,
     send,
+    spawn_commands,
     state_of,
     truncate_commands,
 )
-from fleet_harness import register, services, wait_for
+from fleet_harness import register, services, stop_service, wait_for
 
 from commands.model import Action, State
 from gateway.config import Endpoints
@@ -141,3 +144,35 @@ def test_restart_of_the_service_loses_nothing(fleet: tuple[Endpoints, dict[str, 
         assert sorted(c["id"] for c in device.received) == sorted([*(i.command.id for i in issued), later.command.id])
     finally:
         device.close()
+
+
+def test_kill_minus_9_loses_nothing(fleet: tuple[Endpoints, dict[str, str]], tmp_path: Path) -> None:
+    """Commands keep coming while the service is killed with -9 three times: every one ends delivered
+    or confirmed, and a device sees a command again only as a resend of the same id."""
+    endpoints, creds = fleet
+    devices = [Firmware(endpoints, d, creds[d]).connect() for d in ("bike-1", "bike-2")]
+    for device in devices:
+        device.report()
+    issued = []
+    proc = spawn_commands(endpoints, "k", tmp_path)
+    try:
+        for round_ in range(4):
+            for i in range(10):
+                device = devices[i % 2]
+                action = Action.LOCATE if i % 3 else Action.ALARM
+                issued.append(send(endpoints, device.device_id, action, params={} if i % 3 else {"duration_s": 5}))
+                time.sleep(0.02 * (round_ + 1))
+            if round_ < 3:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                proc = spawn_commands(endpoints, "k", tmp_path)
+        ids = [i.command.id for i in issued]
+        done = (State.DELIVERED, State.CONFIRMED)
+        wait_for(lambda: all(state_of(endpoints, c) in done for c in ids), 30, "every command delivered")
+    finally:
+        stop_service(proc)
+        for device in devices:
+            device.close()
+    received = [c["id"] for d in devices for c in d.received]
+    assert set(received) == set(ids)
+    assert max(received.count(c) for c in ids) <= FAST.max_sends

@@ -20,13 +20,19 @@ def observe(previous: Vehicle, state: dict[str, Any], rules: Rules) -> Vehicle:
     seen = datetime.fromtimestamp(seen_raw, UTC)
     if previous.seen is not None and seen <= previous.seen:
         return previous
-    speed = state.get("speed_kmh")
-    speed_kmh = float(speed) if isinstance(speed, int | float) and not isinstance(speed, bool) else None
+    speed_kmh = _float(state.get("speed_kmh"))
     locked = state.get("locked")
+    lon, lat = _float(state.get("lon")), _float(state.get("lat"))
     return replace(
         previous,
         seen=seen,
         speed_kmh=speed_kmh,
         locked=locked if isinstance(locked, bool) else previous.locked,
         still_since=still_since(previous, speed_kmh, seen, rules),
+        lon=lon if lon is not None and lat is not None else previous.lon,
+        lat=lat if lon is not None and lat is not None else previous.lat,
     )
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -115,6 +115,8 @@ class Vehicle:
     seen: datetime | None = None  # when the gateway received the latest report
     speed_kmh: float | None = None
     still_since: datetime | None = None  # start of the unbroken run of slow reports up to the latest
+    lon: float | None = None  # the latest fix
+    lat: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

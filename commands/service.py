@@ -30,25 +30,23 @@ import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 import redis
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from commands import store
+from commands import feeds, store
 from commands.fleetview import observe
 from commands.issue import TRANSITIONS_CHANNEL, WAKE_CHANNEL
 from commands.lifecycle import Acked, Step, Tick, step
-from commands.model import TERMINAL, Command, Rules, State, Vehicle
+from commands.model import DESIRED_STATE, PENDING, TERMINAL, Action, Command, Rules, State, Vehicle
+from commands.theftwatch import Raised, TheftWatch
 from commands.wire import ACKS_STREAM, BadAck, command_topic, decode_ack_entry, encode_command, expiry_interval_s
 from gateway.ratelimit import RateLimitedLog
-from gateway.redis_client import GroupReader
 from gateway.settings import DURABLE_COMMIT, MqttTarget
 from ingest.livestate import LIVE_CHANNEL, ONLINE_KEY, VEHICLES_KEY
 
 log = logging.getLogger(__name__)
 
 GROUP = "commands"
-CLAIM_IDLE_MS = 15_000
 MAX_WAIT_S = 0.5  # longest sleep between looks at the stop flag
 RETRY_S = 1.0  # after a refused database or Redis call
 
@@ -68,6 +66,7 @@ class _Round:
     woken: set[str] = field(default_factory=set)  # command ids to reload from the database
     look: set[str] = field(default_factory=set)  # command ids to look at as they are in memory
     devices: set[str] = field(default_factory=set)  # devices whose commands must be looked at
+    thefts: list[Raised] = field(default_factory=list)
 
 
 class CommandService:
@@ -89,6 +88,7 @@ class CommandService:
         self._ready = threading.Event()
         self._conn: psycopg.Connection | None = None
         self._carry = _Round()  # what the last round could not finish: acks to retry, commands to look at
+        self.theft = TheftWatch(self.rules)
 
     # --- life -------------------------------------------------------------------------------------
 
@@ -98,11 +98,13 @@ class CommandService:
 
     def run(self, stop: threading.Event) -> None:
         self._redis = redis.Redis.from_url(self._redis_url)
-        client = self._mqtt = self._mqtt_client()
+        client = self._mqtt = feeds.status_client(self._target, f"fleet-commands-{self.consumer}", self._inbox)
         feeders = [
-            threading.Thread(target=self._read_acks, args=(stop,), name="commands-acks", daemon=True),
-            threading.Thread(target=self._read_pubsub, args=(stop,), name="commands-pubsub", daemon=True),
-        ]
+            threading.Thread(target=feeds.read_acks, args=(self._redis_url, GROUP, self.consumer, self._inbox, stop),
+                             name="commands-acks", daemon=True),
+            threading.Thread(target=feeds.read_pubsub, args=(self._redis_url, self._inbox, stop),
+                             name="commands-pubsub", daemon=True),
+        ]  # fmt: skip
         try:
             self._until_ok(stop, self._load)
             client.connect_async(self._target.host, self._target.port)
@@ -145,7 +147,10 @@ class CommandService:
             v = self.vehicles[device.decode()]
             self.vehicles[device.decode()] = replace(v, online=flag == b"1")
         self._resync_commands()
-        log.info("commands: %d unfinished commands loaded", len(self.commands))
+        busy = {c.device_id for c in self.commands.values() if c.action in DESIRED_STATE and c.state in PENDING}
+        self.theft.load(self._db(), busy, self.vehicles)
+        log.info("commands: %d unfinished commands loaded, %d locked vehicles watched", len(self.commands),
+                 len(self.theft.watches))  # fmt: skip
 
     def _load_vehicles(self) -> None:
         for raw in self._redis.hvals(VEHICLES_KEY):
@@ -160,60 +165,6 @@ class CommandService:
             if known is None or known.version != command.version:
                 self.commands[command.id] = command
         self._carry.look.update(self.commands)
-
-    # --- feeders ----------------------------------------------------------------------------------
-
-    def _mqtt_client(self) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-commands-{self.consumer}",
-                             protocol=mqtt.MQTTv5)  # fmt: skip
-        if self._target.username:
-            client.username_pw_set(self._target.username, self._target.password)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
-        client.max_queued_messages_set(0)
-        client.on_connect = lambda c, *_a: c.subscribe("fleet/+/status", qos=1)
-        client.on_message = self._on_status
-        return client
-
-    def _on_status(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        parts = msg.topic.split("/")
-        payload = msg.payload.strip()
-        if len(parts) == 3 and payload in (b"online", b"offline"):
-            self._inbox.put(("status", (parts[1], payload == b"online")))
-
-    def _read_acks(self, stop: threading.Event) -> None:
-        reader = GroupReader(
-            redis.Redis.from_url(self._redis_url), ACKS_STREAM, GROUP, self.consumer, count=1000, block_ms=200,
-            claim_idle_ms=CLAIM_IDLE_MS, claim_check_s=5.0,
-        )  # fmt: skip
-        ensured = False
-        while not stop.is_set():
-            try:
-                ensured = ensured or reader.ensure_group()
-                entries = reader.read()
-            except redis.RedisError as exc:
-                self._warn.warning("acks", "commands: cannot read acks: %s", exc)
-                stop.wait(RETRY_S)
-                continue
-            if entries:
-                self._inbox.put(("acks", entries))
-
-    def _read_pubsub(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            client = redis.Redis.from_url(self._redis_url)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(LIVE_CHANNEL, WAKE_CHANNEL)
-                self._inbox.put(("resync", None))  # anything published while we were not listening
-                while not stop.is_set():
-                    msg = pubsub.get_message(timeout=0.2)
-                    if msg is not None:
-                        self._inbox.put((msg["channel"].decode(), msg["data"]))
-            except redis.RedisError as exc:
-                self._warn.warning("pubsub", "commands: live state lost, resubscribing: %s", exc)
-                stop.wait(RETRY_S)
-            finally:
-                pubsub.close()
-                client.close()
 
     # --- one round: take what came in, decide, store, publish ---------------------------------------
 
@@ -258,6 +209,9 @@ class CommandService:
                     device = state["id"]
                     self.vehicles[device] = observe(self.vehicles[device], state, self.rules)
                     work.devices.add(device)
+                    raised = self.theft.observe(device, self.vehicles[device], _now())
+                    if raised is not None:
+                        work.thefts.append(raised)
         elif kind == "resync":  # (re)subscribed: what was published meanwhile is in the hash and the table
             self._resync_commands()
             self._load_vehicles()
@@ -299,6 +253,26 @@ class CommandService:
             self._redis.xack(ACKS_STREAM, GROUP, *done_acks)
             self.stats.acks += len(done_acks)
         self._announce(applied)
+        self._follow_locks(applied)
+        if work.thefts:
+            for r in work.thefts:
+                log.warning("commands: %s suspected stolen: %s", r.device_id, r.suspicion.reason)
+            self.theft.store(conn, self._redis, work.thefts)
+
+    def _follow_locks(self, applied: list[Step]) -> None:
+        """A confirmed lock starts the theft watch; a newer lock or unlock under way, or a confirmed
+        unlock, ends it."""
+        for s in applied:
+            c = s.command
+            if c.action not in DESIRED_STATE:
+                continue
+            if c.state is State.CONFIRMED:
+                if c.action is Action.LOCK:
+                    self.theft.locked(c.device_id, self.vehicles[c.device_id])
+                else:
+                    self.theft.released(c.device_id)
+            elif c.state in PENDING:
+                self.theft.released(c.device_id)
 
     def _ack_steps(
         self, conn: psycopg.Connection, entries: list[tuple[bytes, dict[bytes, bytes]]], now: datetime,

@@ -20,7 +20,7 @@ from commands_harness import (
     state_of,
     truncate_commands,
 )
-from fleet_harness import register, services, stop_service, wait_for
+from fleet_harness import register, scalar, services, stop_service, wait_for
 
 from commands.model import Action, State
 from gateway.config import Endpoints
@@ -176,3 +176,32 @@ def test_kill_minus_9_loses_nothing(fleet: tuple[Endpoints, dict[str, str]], tmp
     received = [c["id"] for d in devices for c in d.received]
     assert set(received) == set(ids)
     assert max(received.count(c) for c in ids) <= FAST.max_sends
+
+
+def test_locked_vehicle_that_moves_raises_one_theft_suspected(fleet: tuple[Endpoints, dict[str, str]]) -> None:
+    endpoints, creds = fleet
+    device = Firmware(endpoints, "bike-1", creds["bike-1"]).connect()
+
+    def thefts() -> int:
+        return int(scalar(endpoints.database_url,  # type: ignore[arg-type]
+                          "SELECT count(*) FROM zone_events WHERE violation = 'theft_suspected'"))  # fmt: skip
+
+    try:
+        device.report()
+        time.sleep(FAST.park_s + 0.2)
+        with command_service(endpoints):
+            lock = send(endpoints, "bike-1", Action.LOCK, reason="theft")
+            wait_for(lambda: state_of(endpoints, lock.command.id) is State.CONFIRMED, 15, "lock confirmed")
+            device.speed_kmh = 15.0  # locked, and riding away
+            for _ in range(4):
+                device.report()
+                time.sleep(0.3)
+            wait_for(lambda: thefts() == 1, 10, "one theft_suspected event")
+            unlock = send(endpoints, "bike-1", Action.UNLOCK)
+            wait_for(lambda: state_of(endpoints, unlock.command.id) is State.CONFIRMED, 15, "unlock confirmed")
+            for _ in range(3):
+                device.report()
+                time.sleep(0.3)
+        assert thefts() == 1  # one per episode, none once unlocked
+    finally:
+        device.close()

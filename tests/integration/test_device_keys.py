@@ -101,7 +101,7 @@ def test_the_upgrade_gives_stored_history_its_keys(old_database: str) -> None:
                     "INSERT INTO telemetry (time, device_id, received_at, source) VALUES (%s, %s, %s, 'json')",
                     (BASE + timedelta(days=s), device, BASE),  # four daily chunks
                 )
-    assert [m.version for m in migrate(old_database)] == [4]
+    assert [m.version for m in migrate(old_database)][:1] == [4]  # then any later ones
     with psycopg.connect(old_database, autocommit=True) as conn:
         keys = dict(conn.execute("SELECT id, key FROM device_keys").fetchall())
         pairs = conn.execute("SELECT DISTINCT device_id, device_key FROM telemetry").fetchall()

@@ -10,7 +10,9 @@ import pytest
 FORBIDDEN = ("asyncio", "redis", "psycopg", "paho", "aiomqtt")
 
 
-@pytest.mark.parametrize("module", ["commands.model", "commands.lifecycle", "commands.wire"])
+@pytest.mark.parametrize(
+    "module", ["commands.model", "commands.lifecycle", "commands.wire", "commands.fleetview", "commands.theft"]
+)
 def test_module_imports_no_io_library(module: str) -> None:
     code = (
         f"import sys, {module}\n"

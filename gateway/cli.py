@@ -301,12 +301,6 @@ def demo(
     raise typer.Exit(run_demo(_settings(state_dir), devices=devices, console=console))
 
 
-# -- commands (the subcommands live in commands/cli.py) --------------------------------------------
-from commands.cli import app as commands_app  # noqa: E402 - kept in this one block
-
-app.add_typer(commands_app, name="commands")
-
-
 # -- benchmarks -----------------------------------------------------------------------------------
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -333,6 +327,18 @@ def bench_geofence(ctx: typer.Context) -> None:
 def bench_ingest(ctx: typer.Context) -> None:
     """Records/s, loss, duplicates and latency through the real broker, against bare mosquitto_sub."""
     _run_bench("ingest", ctx.args)
+
+
+# -- commands (the subcommands live in commands/cli.py) --------------------------------------------
+from commands.cli import app as commands_app  # noqa: E402 - kept in this one block
+
+app.add_typer(commands_app, name="commands")
+
+
+@bench_app.command("commands", context_settings=_PASS_THROUGH)
+def bench_commands(ctx: typer.Context) -> None:
+    """A burst of lock commands: issue → delivered / confirmed p50 and p99, commands/s, lost."""
+    _run_bench("commands", ctx.args)
 
 
 if __name__ == "__main__":

@@ -119,23 +119,30 @@ class Farm:
         self.client.loop_stop()
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def measure(database_url: str, ids: list[str]) -> tuple[list[float], list[float], float, int]:
+def measure(database_url: str, ids: list[str]) -> tuple[list[float], list[float], list[float], float, int]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT c.created_at, min(t.at) FILTER (WHERE t.to_state = 'delivered'),"
-            " min(t.at) FILTER (WHERE t.to_state = 'confirmed') FROM commands c"
+            " min(t.at) FILTER (WHERE t.to_state = 'confirmed'), min(t.at) FILTER (WHERE t.to_state = 'sent')"
+            " FROM commands c"
             " JOIN command_transitions t ON t.command_id = c.id GROUP BY c.id, c.created_at"
         ).fetchall()
-    delivered = [(d - c).total_seconds() for c, d, _ in rows if d is not None]
-    confirmed = [(f - c).total_seconds() for c, _, f in rows if f is not None]
-    first = min(c for c, _, _ in rows)
-    last = max((f for _, _, f in rows if f is not None), default=first)
-    return delivered, confirmed, (last - first).total_seconds(), len(ids) - len(confirmed)
+    delivered = [(d - c).total_seconds() for c, d, _, _ in rows if d is not None]
+    confirmed = [(f - c).total_seconds() for c, _, f, _ in rows if f is not None]
+    sent = [(s - c).total_seconds() for c, _, _, s in rows if s is not None]
+    first = min(r[0] for r in rows)
+    last = max((r[2] for r in rows if r[2] is not None), default=first)
+    return sent, delivered, confirmed, (last - first).total_seconds(), len(ids) - len(confirmed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,13 +188,20 @@ def main(argv: list[str] | None = None) -> int:
             if done >= len(ids):
                 break
             time.sleep(0.5)
-        delivered, confirmed, span, lost = measure(urls.database_url, ids)
+        sent, delivered, confirmed, span, lost = measure(urls.database_url, ids)
         print(f"devices {len(ids)}, issuers {args.issuers}: issued in {issued_s:.1f} s "
               f"({len(ids) / issued_s:.0f} commands/s through commands.issue)")  # fmt: skip
+        print(f"issue → sent       p50 {pct(sent, 0.5) * 1000:.0f} ms  p99 {pct(sent, 0.99) * 1000:.0f} ms")
         print(f"issue → delivered  p50 {pct(delivered, 0.5) * 1000:.0f} ms  p99 {pct(delivered, 0.99) * 1000:.0f} ms")
         print(f"issue → confirmed  p50 {pct(confirmed, 0.5) * 1000:.0f} ms  p99 {pct(confirmed, 0.99) * 1000:.0f} ms")
         print(f"first issue → last confirmed {span:.1f} s: {len(confirmed) / span if span else 0:.0f} commands/s; "
               f"lost {lost}; commands the farm received {farm.received}")  # fmt: skip
+        cpu = {name: _cpu_s(proc.pid) for name, proc in zip(("gateway", "ingest", "commands"), procs, strict=True)}
+        print(
+            "CPU seconds: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+            + f", this process {time.process_time():.1f}"
+        )
         client.close()
         return 0 if lost == 0 else 1
     finally:

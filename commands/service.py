@@ -21,6 +21,7 @@ import os
 import queue
 import socket
 import threading
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -218,8 +219,12 @@ class CommandService:
 
     def _decide(self, work: _Round, now: datetime) -> None:
         conn = self._db()
-        for command_id in work.woken:
-            self._reload(conn, command_id)
+        woken = [i for i in work.woken if _is_uuid(i)]
+        found = store.get_many(conn, woken) if woken else {}
+        for command_id in woken:  # one query for every wake-up of the round
+            self.commands.pop(command_id, None)
+            if command_id in found:
+                self._keep(found[command_id])
         steps: dict[str, tuple[Command, Step]] = {}
         acked, dead = self._ack_steps(conn, work.acks, now, steps)
         due = self._due(now) | {c.id for c in self.commands.values() if c.device_id in work.devices}
@@ -357,6 +362,14 @@ class CommandService:
 def _chain(steps: dict[str, tuple[Command, Step]], before: Command, so_far: Step, nxt: Step) -> None:
     """Two events for one command in one round make one stored change, decided in order."""
     steps[before.id] = (before, Step(nxt.command, so_far.transitions + nxt.transitions, so_far.publish or nxt.publish))
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _loads(raw: bytes) -> Any:

@@ -49,6 +49,11 @@ def get(conn: psycopg.Connection, command_id: str) -> Stored | None:
     return _command(row) if row else None
 
 
+def get_many(conn: psycopg.Connection, command_ids: Sequence[str]) -> dict[str, Command]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ANY(%s::uuid[])", (list(command_ids),))
+    return {c.id: c for c in (_command(r).command for r in rows.fetchall())}
+
+
 def load_active(conn: psycopg.Connection, device_ids: Sequence[str] | None = None) -> list[Command]:
     """Everything the service must keep an eye on, oldest first (the order devices get them in)."""
     sql = f"SELECT {_COLUMNS} FROM commands WHERE {_ACTIVE}"

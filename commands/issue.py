@@ -7,6 +7,7 @@ service would also find it on its next resync or restart, so a lost wake-up dela
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,30 +55,61 @@ class Issued:
 
 
 def issue(conn: psycopg.Connection, client: redis.Redis, req: CommandRequest, rules: Rules, now: datetime) -> Issued:
+    """One command; raises `CommandRefused` with the status the API answers."""
+    (result,) = issue_many(conn, client, [req], rules, now)
+    if isinstance(result, CommandRefused):
+        raise result
+    return result
+
+
+def issue_many(
+    conn: psycopg.Connection, client: redis.Redis, reqs: Sequence[CommandRequest], rules: Rules, now: datetime
+) -> list[Issued | CommandRefused]:
+    """Many commands in one transaction (the lockout engine's thousands of expiries in a minute): each
+    request gets its command or the reason it was refused, in order."""
+    ids = sorted({r.device_id for r in reqs})
+    status = dict(conn.execute("SELECT id, status FROM devices WHERE id = ANY(%s)", (ids,)).fetchall())
+    vehicles = _vehicles(client, ids, rules)
+    out: list[Issued | CommandRefused | None] = [None] * len(reqs)
+    items: list[tuple[Command, str | None]] = []
+    index: list[int] = []
+    for i, req in enumerate(reqs):
+        refusal = _refusal(req, status.get(req.device_id))
+        if refusal is not None:
+            out[i] = refusal
+            continue
+        ttl = rules.ttl_for(req.action, req.ttl_s)
+        command = Command(
+            id=str(uuid.uuid4()), device_id=req.device_id, action=req.action, reason=req.reason,
+            requested_by=req.requested_by, created_at=now, expires_at=now + timedelta(seconds=ttl),
+            params=req.params, force=req.force,
+        )  # fmt: skip
+        state, detail = initial_state(command, vehicles.get(req.device_id, Vehicle()), now, rules)
+        items.append((replace(command, state=state, detail=detail, next_at=command.expires_at), req.idempotency_key))
+        index.append(i)
+    woken: list[str] = []
+    for i, (stored, created, replaced) in zip(index, store.create_many(conn, items, now) if items else [], strict=True):
+        if not created and _differs(stored.command, reqs[i]):
+            out[i] = CommandRefused(409, "idempotency key already used for a different command on this device")
+            continue
+        out[i] = Issued(stored.command, created, tuple(c.id for c in replaced))
+        if created:
+            woken += [stored.command.id, *(c.id for c in replaced)]
+    _wake(client, woken)
+    return [r for r in out if r is not None]
+
+
+def _refusal(req: CommandRequest, status: str | None) -> CommandRefused | None:
     if req.force and (req.action is not Action.LOCK or req.reason in AUTOMATIC_REASONS):
-        raise CommandRefused(422, "force applies to an operator's lock only, never to a policy's")
+        return CommandRefused(422, "force applies to an operator's lock only, never to a policy's")
     problem = params_problem(req.action, req.params)
     if problem is not None:
-        raise CommandRefused(422, problem)
-    row = conn.execute("SELECT status FROM devices WHERE id = %s", (req.device_id,)).fetchone()
-    if row is None:
-        raise CommandRefused(404, f"unknown device {req.device_id!r}")
-    if row[0] != "active":
-        raise CommandRefused(409, f"device {req.device_id!r} is {row[0]}: it cannot receive commands")
-    ttl = rules.ttl_for(req.action, req.ttl_s)
-    command = Command(
-        id=str(uuid.uuid4()), device_id=req.device_id, action=req.action, reason=req.reason,
-        requested_by=req.requested_by, created_at=now, expires_at=now + timedelta(seconds=ttl),
-        params=req.params, force=req.force,
-    )  # fmt: skip
-    state, detail = initial_state(command, _vehicle(client, req.device_id, rules), now, rules)
-    command = replace(command, state=state, detail=detail, next_at=command.expires_at)
-    stored, created, replaced = store.create(conn, command, req.idempotency_key, now)
-    if not created and _differs(stored.command, req):
-        raise CommandRefused(409, "idempotency key already used for a different command on this device")
-    if created:
-        _wake(client, [command.id, *(c.id for c in replaced)])
-    return Issued(stored.command, created, tuple(c.id for c in replaced))
+        return CommandRefused(422, problem)
+    if status is None:
+        return CommandRefused(404, f"unknown device {req.device_id!r}")
+    if status != "active":
+        return CommandRefused(409, f"device {req.device_id!r} is {status}: it cannot receive commands")
+    return None
 
 
 def cancel(conn: psycopg.Connection, client: redis.Redis, command_id: str, by: str, now: datetime) -> Command:
@@ -92,13 +124,16 @@ def cancel(conn: psycopg.Connection, client: redis.Redis, command_id: str, by: s
     return stored.command
 
 
-def _vehicle(client: redis.Redis, device_id: str, rules: Rules) -> Vehicle:
-    raw = client.hget(VEHICLES_KEY, device_id)
-    try:
-        state = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        state = None
-    return observe(Vehicle(), state, rules) if isinstance(state, dict) else Vehicle()
+def _vehicles(client: redis.Redis, device_ids: list[str], rules: Rules) -> dict[str, Vehicle]:
+    found: dict[str, Vehicle] = {}
+    for device_id, raw in zip(device_ids, client.hmget(VEHICLES_KEY, device_ids) if device_ids else [], strict=True):
+        try:
+            state = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            state = None
+        if isinstance(state, dict):
+            found[device_id] = observe(Vehicle(), state, rules)
+    return found
 
 
 def _wake(client: redis.Redis, ids: list[str]) -> None:

@@ -99,42 +99,84 @@ def _append(conn: psycopg.Connection, rows: Sequence[Transition]) -> None:
 def create(
     conn: psycopg.Connection, command: Command, idempotency_key: str | None, now: datetime
 ) -> tuple[Stored, bool, list[Command]]:
-    """Store a new command and supersede what it replaces, in one transaction.
+    """`create_many` for one command."""
+    return create_many(conn, [(command, idempotency_key)], now)[0]
 
-    Returns (the stored command, whether it is new, the commands it superseded). With a key already
-    used for this device, the earlier command comes back unchanged and nothing is written. Creations
-    for one device are serialised by an advisory lock, so two racing locks cannot both stay pending.
+
+def create_many(
+    conn: psycopg.Connection, items: Sequence[tuple[Command, str | None]], now: datetime
+) -> list[tuple[Stored, bool, list[Command]]]:
+    """Store new commands in the order given and supersede what each replaces, in one transaction.
+
+    For each: (the stored command, whether it is new, the commands it superseded). A key already used
+    for the device returns the earlier command unchanged. Creations for one device are serialised by
+    an advisory lock per device (taken in id order, so two batches cannot deadlock), so two racing
+    locks cannot both stay pending. A batch holding a lock and then an unlock for one device stores
+    the lock as superseded.
     """
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (command.device_id,))
-        if idempotency_key is not None:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM commands WHERE device_id = %s AND idempotency_key = %s",
-                (command.device_id, idempotency_key),
-            ).fetchone()
-            if row is not None:
-                return _command(row), False, []
-        conn.execute(
-            "INSERT INTO commands (id, device_id, action, params, reason, requested_by, force, idempotency_key,"
-            " state, detail, created_at, expires_at, next_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                command.id, command.device_id, str(command.action), Jsonb(dict(command.params)), command.reason,
-                command.requested_by, command.force, idempotency_key, str(command.state), command.detail,
-                command.created_at, command.expires_at, command.next_at, now,
-            ),
-        )  # fmt: skip
-        rows = [Transition(command.id, now, None, command.state, command.requested_by, command.detail)]
-        replaced: list[Command] = []
-        if command.action in DESIRED_STATE:
-            older = load_active(conn, [command.device_id])
-            for old in superseded_by(command, older):
-                done = step(old, Superseded(now, command.id), Vehicle(), Rules())
-                if _cas(conn, [(old, done)]):
-                    rows += done.transitions
-                    replaced.append(done.command)
-        _append(conn, rows)
-    return Stored(command, idempotency_key), True, replaced
+        devices = sorted({c.device_id for c, _ in items})
+        conn.cursor().executemany("SELECT pg_advisory_xact_lock(hashtext(%s))", [(d,) for d in devices])
+        known = _by_key(conn, [(c.device_id, k) for c, k in items if k is not None])
+        new: list[tuple[int, Command, str | None]] = []
+        results: list[tuple[Stored, bool, list[Command]]] = []
+        for i, (command, key) in enumerate(items):
+            earlier = known.get((command.device_id, key)) if key is not None else None
+            if earlier is not None:
+                results.append((earlier, False, []))
+                continue
+            if key is not None:
+                known[(command.device_id, key)] = Stored(command, key)
+            new.append((i, command, key))
+            results.append((Stored(command, key), True, []))
+        desired = sorted({c.device_id for _, c, _ in new if c.action in DESIRED_STATE})
+        pending: dict[str, list[Command]] = {}
+        for old in load_active(conn, desired) if desired else []:
+            pending.setdefault(old.device_id, []).append(old)
+        _insert(conn, [(c, k) for _, c, k in new], now)
+        changes: dict[str, tuple[Command, Step]] = {}
+        replaced_by: dict[str, list[str]] = {}
+        for _, command, _ in new:
+            if command.action not in DESIRED_STATE:
+                continue
+            for old in superseded_by(command, pending.get(command.device_id, [])):
+                changes[old.id] = (old, step(old, Superseded(now, command.id), Vehicle(), Rules()))
+                replaced_by.setdefault(command.id, []).append(old.id)
+            pending[command.device_id] = [command]
+        won = _cas(conn, list(changes.values()))
+        rows = [Transition(c.id, now, None, c.state, c.requested_by, c.detail) for _, c, _ in new]
+        _append(conn, rows + [t for cid in won for t in changes[cid][1].transitions])
+    final = {cid: replace(changes[cid][1].command, version=changes[cid][0].version + 1) for cid in won}
+    out = []
+    for stored, created, _ in results:
+        command = final.get(stored.command.id, stored.command)
+        replaced = [final[cid] for cid in replaced_by.get(command.id, []) if cid in final] if created else []
+        out.append((Stored(command, stored.idempotency_key), created, replaced))
+    return out
+
+
+def _by_key(conn: psycopg.Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str | None], Stored]:
+    if not keys:
+        return {}
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM commands WHERE (device_id, idempotency_key) IN"
+        " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        ([d for d, _ in keys], [k for _, k in keys]),
+    ).fetchall()
+    found = [_command(r) for r in rows]
+    return {(s.command.device_id, s.idempotency_key): s for s in found}
+
+
+def _insert(conn: psycopg.Connection, items: Sequence[tuple[Command, str | None]], now: datetime) -> None:
+    with conn.cursor().copy(
+        "COPY commands (id, device_id, action, params, reason, requested_by, force, idempotency_key,"
+        " state, detail, created_at, expires_at, next_at, updated_at) FROM STDIN"
+    ) as copy:
+        for c, key in items:
+            copy.write_row((
+                c.id, c.device_id, str(c.action), Jsonb(dict(c.params)), c.reason, c.requested_by, c.force, key,
+                str(c.state), c.detail, c.created_at, c.expires_at, c.next_at, now,
+            ))  # fmt: skip
 
 
 def _cas(conn: psycopg.Connection, changes: Sequence[tuple[Command, Step]]) -> set[str]:

@@ -150,3 +150,20 @@ def spawn_commands(endpoints: Endpoints, instance: str, log_dir: Path, rules: Ru
     with (log_dir / f"commands-{instance}.log").open("ab") as log:
         return subprocess.Popen([sys.executable, "-m", "gateway.cli", "commands", "serve"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def clear_statuses(endpoints: Endpoints, device_ids: list[str]) -> None:
+    """Remove the devices' retained statuses while the gateway still runs and knows them: a retained
+    status of a device a later test does not register would reach that test's gateway as a dead letter."""
+    target = MqttTarget.parse(endpoints.mqtt_url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="commands-test-cleaner", protocol=mqtt.MQTTv5)
+    client.username_pw_set(target.username, target.password)
+    client.connect(target.host, target.port)
+    client.loop_start()
+    try:
+        for info in [client.publish(f"fleet/{d}/status", b"", qos=1, retain=True) for d in device_ids]:
+            info.wait_for_publish(10)
+        time.sleep(0.5)  # the gateway reads the clearing messages before it stops
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -91,3 +91,33 @@ def test_show_list_cancel_and_supersede(api: TestClient) -> None:
 def test_openapi_names_the_models(api: TestClient) -> None:
     schemas = api.get("/openapi.json").json()["components"]["schemas"]
     assert {"CommandCreate", "CommandPublic", "CommandDetail", "TransitionPublic"} <= set(schemas)
+
+
+def test_issue_many_in_one_transaction(api: TestClient, clean: Endpoints) -> None:
+    """The bulk path (the lockout engine's): refusals in place, a lock then an unlock for one device
+    leaves the lock superseded, a key repeated in the batch names the first command."""
+    from datetime import UTC, datetime
+
+    from commands.issue import CommandRefused, CommandRequest, Issued, issue_many
+    from commands.model import Action, Rules
+
+    reqs = [
+        CommandRequest("bike-1", Action.LOCK, "lockout", reason="subscription_expired", idempotency_key="a"),
+        CommandRequest("nope", Action.LOCK, "lockout"),
+        CommandRequest("bike-1", Action.UNLOCK, "lockout", reason="renewed"),
+        CommandRequest("bike-2", Action.LOCK, "lockout", idempotency_key="b"),
+        CommandRequest("bike-2", Action.LOCK, "lockout", idempotency_key="b"),
+    ]
+    client = redis.Redis.from_url(clean.redis_url)
+    try:
+        with psycopg.connect(clean.database_url, autocommit=True) as conn:
+            out = issue_many(conn, client, reqs, Rules(), datetime.now(UTC))
+    finally:
+        client.close()
+    assert isinstance(out[1], CommandRefused) and out[1].status == 404
+    lock, unlock, first, again = (out[i] for i in (0, 2, 3, 4))
+    assert all(isinstance(x, Issued) for x in (lock, unlock, first, again))
+    assert lock.command.state == "superseded" and unlock.superseded == (lock.command.id,)  # type: ignore[union-attr]
+    assert (first.created, again.created) == (True, False) and first.command.id == again.command.id  # type: ignore[union-attr]
+    shown = api.get(f"/v1/commands/{lock.command.id}").json()  # type: ignore[union-attr]
+    assert [t["to_state"] for t in shown["transitions"]] == ["queued", "superseded"]

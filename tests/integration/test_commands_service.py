@@ -13,6 +13,7 @@ import pytest
 from commands_harness import (
     FAST,
     Firmware,
+    clear_statuses,
     command_service,
     path_of,
     send,
@@ -34,6 +35,7 @@ def fleet(clean: Endpoints) -> Iterator[tuple[Endpoints, dict[str, str]]]:
     creds = register(clean, ["bike-1", "bike-2"])
     with services(clean):
         yield clean, creds
+        clear_statuses(clean, list(creds))
 
 
 def test_lock_is_sent_acked_and_confirmed(fleet: tuple[Endpoints, dict[str, str]]) -> None:

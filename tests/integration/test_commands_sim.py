@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from commands_harness import FAST, command_service, path_of, send, state_of, truncate_commands
+from commands_harness import FAST, clear_statuses, command_service, path_of, send, state_of, truncate_commands
 from fleet_harness import register, services, wait_for
 
 from commands.model import Action, State
@@ -53,6 +53,7 @@ def fleet(clean: Endpoints) -> Iterator[tuple[Endpoints, list[str], CommandServi
             yield clean, ids, service, result
         finally:
             runner.join(timeout=60)
+            clear_statuses(clean, ids)
 
 
 def test_each_misbehaviour(fleet: tuple[Endpoints, list[str], CommandService, dict[str, SimSummary]]) -> None:

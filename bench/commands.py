@@ -3,19 +3,21 @@ broker, a device farm answering for every device, the gateway's ack stream and i
 
     .venv/bin/python bench/commands.py --devices 10000
     .venv/bin/python bench/commands.py --devices 2000 --issuers 4
+    .venv/bin/python bench/commands.py --devices 10000 --issuers 1 --batch 500   # as the lockout engine
 
 Servers: a private stack in a temporary folder (started and stopped here). Services: one gateway,
 one ingest worker and one command service, each its own process (`fleet gateway|ingest|commands serve`).
 
 Devices: `--devices` ids registered in the database and admitted through the Redis set, as the
-registry does, without broker accounts: one farm connection (the gateway's service account, which
-may read and write fleet/#) subscribes to `fleet/+/cmd` and answers for every device as firmware
-would, acting once per id: the ack, then a JSON v1 record with `locked: true`. Per-device
+registry does, without broker accounts: a farm process of `--farm` connections (the gateway's service
+account, which may read and write fleet/#) shares `fleet/+/cmd` and answers for every device as
+firmware would, acting once per id: the ack, then a JSON v1 record with `locked: true`. Per-device
 connections add broker work, not command-path work (docs/performance.md has the broker's
 per-connection figures). Every device reports once (standing) and is marked online first.
 
 The burst: `--devices` forced locks (reason `theft`; the park rule would only add its 30 s) issued
-by `--issuers` threads through `commands.issue`, as concurrent API calls would. Measured from the
+by `--issuers` threads through `commands.issue_many`, `--batch` at a time: 1 as concurrent API calls
+would, hundreds as the lockout engine does. Measured from the
 database's own transition times: issue → delivered (the ack applied) and issue → confirmed (the
 locked report applied), p50 / p99; commands per second (first issue → last confirmed); lost = not
 confirmed after `--timeout` seconds.
@@ -24,6 +26,7 @@ confirmed after `--timeout` seconds.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -33,6 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent), str(_HERE)]
@@ -43,7 +47,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from commands.issue import CommandRequest, issue  # noqa: E402
+from commands.issue import CommandRequest, issue_many  # noqa: E402
 from commands.model import Action, Rules  # noqa: E402
 from gateway.settings import MqttTarget  # noqa: E402
 
@@ -78,45 +82,62 @@ def register(urls, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     client.close()
 
 
-class Farm:
-    """One MQTT connection answering for every device: ack once per id, then report locked."""
+def report(client: mqtt.Client, device: str, locked: bool) -> None:
+    body = {"v": 1, "ts": datetime.now(UTC).isoformat(), "lat": 52.52, "lon": 13.4, "speed_kmh": 0.0,
+            "locked": locked}  # fmt: skip
+    client.publish(f"fleet/{device}/telemetry", orjson.dumps(body), qos=1)
 
-    def __init__(self, mqtt_url: str) -> None:
-        target = MqttTarget.parse(mqtt_url)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-farm", protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(target.username, target.password)
-        self.client.max_inflight_messages_set(1000)
-        self.client.max_queued_messages_set(0)
-        self.done: set[str] = set()
-        self.received = 0
-        subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_a: c.subscribe("fleet/+/cmd", qos=1)
-        self.client.on_subscribe = lambda *_a: subscribed.set()
-        self.client.on_message = self._on_command
-        self.client.connect(target.host, target.port)
-        self.client.loop_start()
-        if not subscribed.wait(15):
-            raise SystemExit("the device farm could not subscribe")
 
-    def report(self, device: str, locked: bool) -> None:
-        body = {"v": 1, "ts": datetime.now(UTC).isoformat(), "lat": 52.52, "lon": 13.4, "speed_kmh": 0.0,
-                "locked": locked}  # fmt: skip
-        self.client.publish(f"fleet/{device}/telemetry", orjson.dumps(body), qos=1)
+def connect(mqtt_url: str, client_id: str, subscribe: str | None = None) -> mqtt.Client:
+    target = MqttTarget.parse(mqtt_url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(target.username, target.password)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    ready = threading.Event()
+    if subscribe is None:
+        client.on_connect = lambda *_a: ready.set()
+    else:
+        client.on_connect = lambda c, *_a: c.subscribe(subscribe, qos=1)
+        client.on_subscribe = lambda *_a: ready.set()
+    client.connect(target.host, target.port)
+    client.loop_start()
+    if not ready.wait(15):
+        raise SystemExit(f"{client_id} could not connect")
+    return client
 
-    def _on_command(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self.received += 1
+
+def farm_main(mqtt_url: str, connections: int, ready: Any, stop: Any, out: Any) -> None:
+    """The device farm, in its own process: `connections` clients share the command topics (MQTT 5
+    shared subscription), so the broker's in-flight window per client does not cap the burst. Each
+    command id is acted on once: the ack, then a report with `locked: true`."""
+    lock = threading.Lock()
+    first_seen: dict[str, float] = {}
+    received = [0]
+
+    def on_command(client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         device = msg.topic.split("/")[1]
-        command = orjson.loads(msg.payload)
-        ack = {"v": 1, "id": command["id"], "result": "ok", "detail": "locked"}
-        first = command["id"] not in self.done
-        self.done.add(command["id"])
+        command_id = orjson.loads(msg.payload)["id"]
+        with lock:
+            received[0] += 1
+            first = command_id not in first_seen
+            first_seen.setdefault(command_id, time.time())
+        ack = {"v": 1, "id": command_id, "result": "ok", "detail": "locked"}
         client.publish(f"fleet/{device}/cmd/ack", orjson.dumps(ack), qos=1)
         if first:
-            self.report(device, True)
+            report(client, device, True)
 
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+    clients = []
+    for i in range(connections):
+        client = connect(mqtt_url, f"bench-farm-{i}", "$share/bench-farm/fleet/+/cmd")
+        client.on_message = on_command
+        clients.append(client)
+    ready.set()
+    stop.wait()
+    out.put((first_seen, received[0]))
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
 
 
 def _cpu_s(pid: int) -> float:
@@ -149,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--issuers", type=int, default=4, help="threads issuing commands at once")
+    parser.add_argument("--batch", type=int, default=1, help="commands per issue_many call (lockout: hundreds)")
+    parser.add_argument("--farm", type=int, default=8, help="farm connections sharing the command topics")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, stack)")
     args = parser.parse_args(argv)
@@ -158,24 +181,31 @@ def main(argv: list[str] | None = None) -> int:
            "FLEET_REDIS_URL": urls.redis_url, "FLEET_MQTT_COMMANDS_URL": urls.mqtt_commands_url}  # fmt: skip
     procs = [spawn([role], env, workdir / f"{role}.log") for role in ("gateway", "ingest")]
     procs.append(spawn(["commands", "serve", "--instance", "bench"], env, workdir / "commands.log"))
+    ctx = multiprocessing.get_context("fork")
+    farm_ready, farm_stop, farm_out = ctx.Event(), ctx.Event(), ctx.Queue()
     farm = None
     try:
         ids = [f"cb-{i:05d}" for i in range(args.devices)]
         register(urls, ids)
         time.sleep(3.0)  # services connected, registry refreshed
-        farm = Farm(urls.mqtt_url)
+        farm = ctx.Process(target=farm_main, args=(urls.mqtt_url, args.farm, farm_ready, farm_stop, farm_out))
+        farm.start()
+        if not farm_ready.wait(30):
+            raise SystemExit("the device farm did not start")
+        setup = connect(urls.mqtt_url, "bench-setup")
         for device in ids:
-            farm.client.publish(f"fleet/{device}/status", b"online", qos=1, retain=True)
-            farm.report(device, False)
+            setup.publish(f"fleet/{device}/status", b"online", qos=1, retain=True)
+            report(setup, device, False)
         time.sleep(3.0)  # statuses and reports through the pipeline
         client = redis.Redis.from_url(urls.redis_url)
         rules = Rules()
 
         def send(chunk: list[str]) -> None:
             with psycopg.connect(urls.database_url, autocommit=True) as conn:
-                for device in chunk:
-                    req = CommandRequest(device, Action.LOCK, "bench", reason="theft", force=True)
-                    issue(conn, client, req, rules, datetime.now(UTC))
+                for i in range(0, len(chunk), args.batch):
+                    reqs = [CommandRequest(d, Action.LOCK, "bench", reason="theft", force=True)
+                            for d in chunk[i : i + args.batch]]  # fmt: skip
+                    issue_many(conn, client, reqs, rules, datetime.now(UTC))
 
         started = time.monotonic()
         with ThreadPoolExecutor(args.issuers) as pool:
@@ -189,13 +219,28 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(0.5)
         sent, delivered, confirmed, span, lost = measure(urls.database_url, ids)
-        print(f"devices {len(ids)}, issuers {args.issuers}: issued in {issued_s:.1f} s "
+        farm_stop.set()
+        first_seen, received = farm_out.get(timeout=60)
+        setup.disconnect()
+        setup.loop_stop()
+        with psycopg.connect(urls.database_url) as conn:
+            rows = conn.execute(
+                "SELECT command_id::text, min(at) FILTER (WHERE to_state = 'sent'),"
+                " min(at) FILTER (WHERE to_state = 'delivered') FROM command_transitions GROUP BY command_id"
+            ).fetchall()
+        to_farm = [first_seen[c] - s.timestamp() for c, s, _ in rows if c in first_seen and s]
+        farm_to_ack = [d.timestamp() - first_seen[c] for c, _, d in rows if c in first_seen and d]
+        print(f"devices {len(ids)}, issuers {args.issuers}, batch {args.batch}: issued in {issued_s:.1f} s "
               f"({len(ids) / issued_s:.0f} commands/s through commands.issue)")  # fmt: skip
         print(f"issue → sent       p50 {pct(sent, 0.5) * 1000:.0f} ms  p99 {pct(sent, 0.99) * 1000:.0f} ms")
+        print(
+            f"first send → farm  p50 {pct(to_farm, 0.5) * 1000:.0f} ms  p99 {pct(to_farm, 0.99) * 1000:.0f} ms;"
+            f" farm → delivered p50 {pct(farm_to_ack, 0.5) * 1000:.0f} ms  p99 {pct(farm_to_ack, 0.99) * 1000:.0f} ms"
+        )
         print(f"issue → delivered  p50 {pct(delivered, 0.5) * 1000:.0f} ms  p99 {pct(delivered, 0.99) * 1000:.0f} ms")
         print(f"issue → confirmed  p50 {pct(confirmed, 0.5) * 1000:.0f} ms  p99 {pct(confirmed, 0.99) * 1000:.0f} ms")
         print(f"first issue → last confirmed {span:.1f} s: {len(confirmed) / span if span else 0:.0f} commands/s; "
-              f"lost {lost}; commands the farm received {farm.received}")  # fmt: skip
+              f"lost {lost}; commands the farm received {received}")  # fmt: skip
         cpu = {name: _cpu_s(proc.pid) for name, proc in zip(("gateway", "ingest", "commands"), procs, strict=True)}
         print(
             "CPU seconds: "
@@ -206,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if lost == 0 else 1
     finally:
         if farm is not None:
-            farm.close()
+            farm_stop.set()
+            farm.join(30)
         for proc in procs:
             proc.terminate()
         for proc in procs:

@@ -35,6 +35,7 @@ def status_client(target: MqttTarget, client_id: str, inbox: Inbox) -> mqtt.Clie
         client.username_pw_set(target.username, target.password)
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(1000)  # paho's default of 20 unacknowledged publishes throttles a burst
     client.on_connect = lambda c, *_a: c.subscribe("fleet/+/status", qos=1)
 
     def on_status(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:

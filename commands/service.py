@@ -100,6 +100,7 @@ class CommandService:
     def run(self, stop: threading.Event) -> None:
         self._redis = redis.Redis.from_url(self._redis_url)
         client = self._mqtt = feeds.status_client(self._target, f"fleet-commands-{self.consumer}", self._inbox)
+        self._props = Properties(PacketTypes.PUBLISH)
         feeders = [
             threading.Thread(target=feeds.read_acks, args=(self._redis_url, GROUP, self.consumer, self._inbox, stop),
                              name="commands-acks", daemon=True),
@@ -334,29 +335,26 @@ class CommandService:
         return due
 
     def _publish(self, command: Command, now: datetime) -> None:
-        props = Properties(PacketTypes.PUBLISH)
-        props.MessageExpiryInterval = expiry_interval_s(command, now)
-        self._client_publish(command_topic(command.device_id), encode_command(command), props)
+        # One Properties object, reused: paho packs it inside publish(), and building one costs
+        # about as much as the rest of the publish.
+        self._props.MessageExpiryInterval = expiry_interval_s(command, now)
+        topic = command_topic(command.device_id)
+        info = self._mqtt.publish(topic, encode_command(command), qos=1, properties=self._props)
         self.stats.sent += 1
-
-    def _client_publish(self, topic: str, payload: bytes, props: Properties) -> None:
-        info = self._mqtt.publish(topic, payload, qos=1, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             # Stored as sent already: the ack timeout sends it again.
             self._warn.warning("publish", "commands: publish to %s not accepted (rc %s)", topic, info.rc)
 
     def _announce(self, applied: list[Step]) -> None:
-        if not applied:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for s in applied:
-            for t in s.transitions:
-                body = {"id": t.command_id, "device_id": s.command.device_id, "action": str(s.command.action),
-                        "from": t.from_state, "to": t.to_state, "at": t.at.isoformat(), "actor": t.actor,
-                        "detail": t.detail}  # fmt: skip
-                pipe.publish(TRANSITIONS_CHANNEL, orjson.dumps(body))
-                self.stats.transitions += 1
-        pipe.execute()
+        """The round's transitions as one JSON array on `fleet:commands` (as ingest does on `fleet:live`)."""
+        body = [
+            {"id": t.command_id, "device_id": s.command.device_id, "action": s.command.action, "from": t.from_state,
+             "to": t.to_state, "at": t.at.isoformat(), "actor": t.actor, "detail": t.detail}
+            for s in applied for t in s.transitions
+        ]  # fmt: skip
+        if body:
+            self._redis.publish(TRANSITIONS_CHANNEL, orjson.dumps(body))
+            self.stats.transitions += len(body)
 
 
 def _chain(steps: dict[str, tuple[Command, Step]], before: Command, so_far: Step, nxt: Step) -> None:

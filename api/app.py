@@ -21,6 +21,7 @@ from api.deps import ApiConfig
 from api.inputs import MAX_BODY_BYTES
 from api.routes import (
     audit,
+    commands,
     devices,
     events,
     health,
@@ -71,7 +72,7 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Fleet gateway", version="0.1.0", lifespan=lifespan, **docs)  # type: ignore[arg-type]
-    for module in (health, vehicles, devices, service_status, zones, events, utilization, keys, audit):
+    for module in (health, vehicles, devices, service_status, zones, events, utilization, commands, keys, audit):
         app.include_router(module.router)
     check_declared(app.routes)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

@@ -430,5 +430,17 @@ def bench_session(ctx: typer.Context) -> None:
     _run_bench("session", ctx.args)
 
 
+# -- commands (the subcommands live in commands/cli.py) --------------------------------------------
+from commands.cli import app as commands_app  # noqa: E402 - kept in this one block
+
+app.add_typer(commands_app, name="commands")
+
+
+@bench_app.command("commands", context_settings=_PASS_THROUGH)
+def bench_commands(ctx: typer.Context) -> None:
+    """A burst of lock commands: issue → delivered / confirmed p50 and p99, commands/s, lost."""
+    _run_bench("commands", ctx.args)
+
+
 if __name__ == "__main__":
     app()

@@ -71,7 +71,10 @@ class Endpoints:
         """Environment for a child process running `service`: `base` without any `FLEET_*_URL`
         (so it holds no other account's secret), plus the service's own URLs."""
         kept = {k: v for k, v in base.items() if not (k.startswith("FLEET_") and k.endswith(URL_VARIABLES_SUFFIX))}
-        return {**kept, **self.for_service(service).env()}
+        own = self.for_service(service).env()
+        if service == "commands" and "FLEET_MQTT_URL" in own:  # its broker account has a setting of its own
+            own["FLEET_MQTT_COMMANDS_URL"] = own.pop("FLEET_MQTT_URL")
+        return {**kept, **own}
 
     def shown(self) -> dict[str, str]:
         """Every URL with its password redacted, by account: for printing."""
@@ -101,7 +104,10 @@ def _given(settings: Settings, service: str) -> ServiceUrls:
     return ServiceUrls(
         database_url=settings.service_url(service, "database") if "database_url" in kinds else None,
         redis_url=settings.service_url(service, "redis"),
-        mqtt_url=settings.mqtt_url if "mqtt_url" in kinds else None,
+        # the command service has a broker account of its own (it may publish only fleet/+/cmd)
+        mqtt_url=(settings.mqtt_commands_url if service == "commands" else settings.mqtt_url)
+        if "mqtt_url" in kinds
+        else None,
         mqtt_admin_url=settings.mqtt_admin_url if service == "api" else None,
     )
 

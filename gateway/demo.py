@@ -203,6 +203,7 @@ def _services(settings: Settings, devices: int) -> list[tuple[str, list[str]]]:
         ),
         ("ingest", ["ingest"]),
         ("geofence", ["geofence", "--instance", "demo"]),
+        ("commands", ["commands", "serve", "--instance", "demo"]),
         ("api", ["api"]),
         ("simulator", simulate),
     ]
@@ -233,8 +234,21 @@ def _announce(settings: Settings, devices: int, logs: Path, key: str, console: C
     console.print(f"  zones:    {url}/v1/zones   events: {url}/v1/events   utilization: {url}/v1/utilization")
     console.print(f"  try:      curl -H 'Authorization: Bearer {key}' {url}/v1/vehicles", highlight=False)
     console.print(f"  docs:     {url}/docs   health: {url}/healthz   ready: {url}/readyz")
+    bike = _json_bike(devices)
+    console.print(f"  commands: fleet commands send {bike} lock --reason payment_overdue   (waits until it parks)")
+    console.print("            fleet commands show ID   ·   fleet commands list   ·   docs/commands.md")
     console.print(f"  logs:     {logs}/")
     console.print("Press Ctrl-C to stop.")
+
+
+def _json_bike(devices: int) -> str:
+    """A simulated bike that reports JSON, the one format with a `locked` field to confirm a lock by."""
+    from simulators.config import SimConfig, role
+    from simulators.encode import Format
+
+    config = SimConfig(devices=devices, fmt="mixed")
+    roles = (role(config, i) for i in range(devices))
+    return next((r.device_id for r in roles if r.fmt is Format.JSON), role(config, 0).device_id)
 
 
 def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     commands_redis_url: str | None = None
     api_database_url: str | None = None
     api_redis_url: str | None = None
+    mqtt_commands_url: str | None = None  # the command service's account (fleet-commands)
 
     mqtt_port: int = 18831
     mqtts_port: int = 18883

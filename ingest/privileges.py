@@ -40,12 +40,16 @@ TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "device_keys": {"ingest": READ_APPEND},
     "dead_letters": {"ingest": APPEND, "geofence": APPEND, "commands": APPEND},  # and what each refuses
     # the device registry (API) and the utilization rollup (geofence: registration dates)
-    "devices": {"api": ALL_ROWS, "geofence": READ},
+    "devices": {"api": ALL_ROWS, "geofence": READ, "commands": READ},
     # zones are edited through the API; the geofence worker follows the catalog version
     "zones": {"api": ALL_ROWS, "geofence": READ},
     "zone_catalog": {"api": ("SELECT", "UPDATE"), "geofence": READ},
     "zone_deletions": {"api": APPEND, "geofence": READ},
-    "zone_events": {"geofence": READ_APPEND, "api": READ},  # ON CONFLICT (device_id, zone_id, kind, time)
+    "zone_events": {
+        "geofence": READ_APPEND,
+        "api": READ,
+        "commands": APPEND,
+    },  # commands: theft_suspected  # ON CONFLICT (device_id, zone_id, kind, time)
     "trips": {"geofence": READ_WRITE, "api": READ},
     "device_service": {"api": READ_WRITE, "geofence": READ},
     # recomputed by the geofence worker, and by the API when a device's service status changes

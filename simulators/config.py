@@ -35,6 +35,8 @@ class CommandHabit(StrEnum):
     SLOW = "slow"  # acknowledges long after the usual delay
     DROP = "drop"  # applies nothing, never acknowledges
     OFFLINE = "offline"  # keeps dropping off the network; commands wait in the broker session
+    TWICE = "twice"  # acknowledges every command twice
+    REJECT = "reject"  # refuses every command
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,9 @@ class SimConfig:
     offline_share: float = 0.0
     slow_share: float = 0.0
     drop_share: float = 0.0
+    twice_share: float = 0.0
+    reject_share: float = 0.0
+    habits: tuple[tuple[int, CommandHabit], ...] = ()  # (device index, habit): chosen, not drawn
     online_s: tuple[float, float] = (30.0, 120.0)  # an offline-habit device's time between outages
     duration_s: float | None = 60.0
     count: int | None = None  # total reports (including faulty ones) for the whole fleet
@@ -74,9 +79,9 @@ class SimConfig:
             raise SimConfigError(f"duration must be a positive number of seconds, got {self.duration_s}")
         if self.count is not None and self.count < 1:
             raise SimConfigError(f"count must be at least 1, got {self.count}")
-        shares = (self.offline_share, self.slow_share, self.drop_share)
+        shares = (self.offline_share, self.slow_share, self.drop_share, self.twice_share, self.reject_share)
         if not all(0 <= s <= 1 for s in shares) or sum(shares) > 1:
-            raise SimConfigError("offline, slow and drop shares must be in [0, 1] and add up to at most 1")
+            raise SimConfigError("offline, slow, drop, twice and reject shares must be in [0, 1], at most 1 in all")
         if min(self.ack_delay_s, self.slow_ack_delay_s) < 0 or self.connect_rate <= 0:
             raise SimConfigError("ack delays must be >= 0 and connect_rate > 0")
         if not DEVICE_ID.match(device_id(self, self.devices - 1)):
@@ -114,9 +119,10 @@ def role(config: SimConfig, index: int) -> DeviceRole:
     u = rng.random(5)
     ident = device_id(config, index)
     fmt = Format(config.fmt) if config.fmt != MIXED else _pick_format(float(u[0]))
-    edges = np.cumsum([config.offline_share, config.slow_share, config.drop_share])
-    habits = (CommandHabit.OFFLINE, CommandHabit.SLOW, CommandHabit.DROP)
-    habit = next((h for h, e in zip(habits, edges, strict=True) if u[1] < e), CommandHabit.PROMPT)
+    shares = (config.offline_share, config.slow_share, config.drop_share, config.twice_share, config.reject_share)
+    habits = (CommandHabit.OFFLINE, CommandHabit.SLOW, CommandHabit.DROP, CommandHabit.TWICE, CommandHabit.REJECT)
+    habit = next((h for h, e in zip(habits, np.cumsum(shares), strict=True) if u[1] < e), CommandHabit.PROMPT)
+    habit = dict(config.habits).get(index, habit)
     peer_index = index + 1 + int(u[3] * (config.devices - 1))
     if config.devices > 1:
         peer_index %= config.devices

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.5, 15.0)
+REMEMBERED_COMMANDS = 1000  # ids a device remembers to recognise a resend
+REPORT_AFTER = frozenset({"lock", "unlock", "locate", "set_speed_limit", "speed_limit"})
 
 
 class DeviceSim:
@@ -59,6 +62,7 @@ class DeviceSim:
         self.storm_hit = False
         self.online = False
         self.pending_acks: set[asyncio.Task[None]] = set()
+        self.done_commands: OrderedDict[str, dict[str, Any]] = OrderedDict()  # id -> ack, to act once
         self._next_outage()
 
     # --- the device's life -----------------------------------------------------------------------
@@ -222,41 +226,70 @@ class DeviceSim:
     # --- commands --------------------------------------------------------------------------------
 
     async def _commands(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        habit = self.role.habit
         async for message in client.messages:
             self.run.counters.commands += 1
-            if self.role.habit is CommandHabit.DROP:
+            if habit is CommandHabit.DROP:
                 self.run.counters.dropped_commands += 1
                 continue
-            ack = self._handle(message.payload)
-            if ack is not None:
-                slow = self.role.habit is CommandHabit.SLOW
-                delay = self.run.config.slow_ack_delay_s if slow else self.run.config.ack_delay_s
-                task = tg.create_task(self._ack_later(client, ack, delay))
-                self.pending_acks.add(task)
-                task.add_done_callback(self.pending_acks.discard)
+            ack, report = self._handle(message.payload)
+            if ack is None:
+                continue
+            if report:
+                await self._report_now(client)  # the new state (or the fix asked for) at once
+            delay = self.run.config.slow_ack_delay_s if habit is CommandHabit.SLOW else self.run.config.ack_delay_s
+            copies = 2 if habit is CommandHabit.TWICE else 1
+            task = tg.create_task(self._ack_later(client, ack, delay, copies))
+            self.pending_acks.add(task)
+            task.add_done_callback(self.pending_acks.discard)
 
-    def _handle(self, raw: Any) -> dict[str, str] | None:
+    def _handle(self, raw: Any) -> tuple[dict[str, Any] | None, bool]:
+        """The ack for a v1 command (docs/protocol.md) and whether to report at once. A repeated id
+        is acknowledged again with the first answer and not carried out twice."""
         try:
             cmd = orjson.loads(raw)
         except (orjson.JSONDecodeError, TypeError):
             self.run.counters.errors += 1
-            return None
+            return None, False
         if not isinstance(cmd, dict) or not isinstance(cmd.get("id"), str):
             self.run.counters.errors += 1
-            return None
-        name, args = cmd.get("cmd"), cmd.get("args") or {}
-        if not isinstance(name, str) or not isinstance(args, dict):
-            return {"id": cmd["id"], "status": "error", "detail": "cmd must be a string and args an object"}
-        if _expired(cmd.get("expires_at"), time.time()):
-            return {"id": cmd["id"], "status": "error", "detail": "expired"}
-        now = self.run.sim_now()
-        self.state, status, detail = apply_command(self.run.config.behaviour, self.state, name, args, now)
-        return {"id": cmd["id"], "status": status, "detail": detail}
+            return None, False
+        command_id = cmd["id"]
+        earlier = self.done_commands.get(command_id)
+        if earlier is not None:
+            return earlier, False
+        action, params = cmd.get("action"), cmd.get("params") or {}
+        report = False
+        if not isinstance(action, str) or not isinstance(params, dict):
+            result, detail = "rejected", "action must be a string and params an object"
+        elif _expired(cmd.get("expires"), time.time()):
+            result, detail = "rejected", "expired"
+        elif self.role.habit is CommandHabit.REJECT:
+            result, detail = "rejected", "refused (simulated device)"
+        else:
+            behaviour, now = self.run.config.behaviour, self.run.sim_now()
+            self.state, result, detail = apply_command(behaviour, self.state, action, params, now)
+            report = result == "ok" and action in REPORT_AFTER
+        ack = {"v": 1, "id": command_id, "result": result, "detail": detail}
+        self.done_commands[command_id] = ack
+        while len(self.done_commands) > REMEMBERED_COMMANDS:
+            self.done_commands.popitem(last=False)
+        return ack, report
 
-    async def _ack_later(self, client: aiomqtt.Client, ack: dict[str, str], delay: float) -> None:
+    async def _report_now(self, client: aiomqtt.Client) -> None:
+        cfg = self.run.config
+        self.state, reading = step(cfg.city, cfg.behaviour, self.role.profile, self.state, self.run.sim_now(), self.rng)
+        if self.role.skew_s:
+            reading = _at(reading, reading.time + self.role.skew_s)
+        out = self._encode(reading)
+        if out is not None:
+            await self._publish(client, out)
+
+    async def _ack_later(self, client: aiomqtt.Client, ack: dict[str, Any], delay: float, copies: int) -> None:
         await asyncio.sleep(delay)
-        await client.publish(f"fleet/{self.role.device_id}/cmd/ack", orjson.dumps(ack), qos=1)
-        self.run.counters.acks += 1
+        for _ in range(copies):
+            await client.publish(f"fleet/{self.role.device_id}/cmd/ack", orjson.dumps(ack), qos=1)
+            self.run.counters.acks += 1
 
     # --- timing ----------------------------------------------------------------------------------
 

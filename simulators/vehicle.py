@@ -71,6 +71,7 @@ class VehicleState:
     speed_limit_kmh: float | None
     alarm_until: float
     last_t: float
+    held: bool = False  # locked remotely: stays parked until a remote unlock
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +189,7 @@ def _park(
     if battery < behaviour.low_battery_pct and rng.random() < -math.expm1(-dt / behaviour.swap_mean_s):
         battery = 100.0  # the swap crew came by
     state = replace(state, battery_pct=battery)
-    if now < state.park_until or battery < behaviour.low_battery_pct:
+    if state.held or now < state.park_until or battery < behaviour.low_battery_pct:
         return state
     return start_trip(city, behaviour, state, rng)
 
@@ -250,26 +251,27 @@ def _observe(
 def apply_command(
     behaviour: Behaviour, state: VehicleState, cmd: str, args: dict[str, Any], now: float
 ) -> tuple[VehicleState, str, str]:
-    """Carry out an operator command; returns the new state, the ack status and a detail text."""
+    """Carry out a command (docs/protocol.md); returns the new state, the ack result (`ok` or
+    `rejected`) and a detail text. A remote lock holds the vehicle parked until a remote unlock."""
     if cmd == "lock":
         if state.mode is Mode.RIDING:
             until = now + behaviour.park_mean_s
             state = replace(state, mode=Mode.PARKED, route=(), leg=0, cruise_kmh=0.0, park_until=until)
-        return replace(state, locked=True), "ok", "locked"
+        return replace(state, locked=True, held=True), "ok", "locked"
     if cmd == "unlock":
         if state.mode is Mode.MAINTENANCE:
-            return state, "error", "vehicle is in maintenance"
-        return replace(state, locked=False, park_until=min(state.park_until, now)), "ok", "unlocked"
+            return state, "rejected", "vehicle is in maintenance"
+        return replace(state, locked=False, held=False, park_until=min(state.park_until, now)), "ok", "unlocked"
     if cmd == "alarm":
         seconds = _number(args.get("duration_s", behaviour.alarm_s))
         if seconds is None or not 0 < seconds <= 3600:
-            return state, "error", "duration_s must be a number in (0, 3600]"
+            return state, "rejected", "duration_s must be a number in (0, 3600]"
         return replace(state, alarm_until=now + seconds), "ok", f"alarm for {seconds:g} s"
-    if cmd == "speed_limit":
+    if cmd in ("set_speed_limit", "speed_limit"):
         return _speed_limit(state, args)
     if cmd == "locate":
-        return state, "ok", "position follows on telemetry"
-    return state, "unsupported", f"unknown command {cmd[:40]!r}"
+        return state, "ok", "a fix follows at once"
+    return state, "rejected", f"unknown action {cmd[:40]!r}"
 
 
 def _speed_limit(state: VehicleState, args: dict[str, Any]) -> tuple[VehicleState, str, str]:
@@ -278,7 +280,7 @@ def _speed_limit(state: VehicleState, args: dict[str, Any]) -> tuple[VehicleStat
         return replace(state, speed_limit_kmh=None), "ok", "speed limit removed"
     kmh = _number(raw)
     if kmh is None or not 0 < kmh <= 45:
-        return state, "error", "speed limit must be a number of km/h in (0, 45]"
+        return state, "rejected", "speed limit must be a number of km/h in (0, 45]"
     return replace(state, speed_limit_kmh=kmh), "ok", f"speed limited to {kmh:g} km/h"
 
 

@@ -49,6 +49,7 @@ def _external() -> Endpoints | None:
         env["FLEET_REDIS_URL"],
         env.get("FLEET_MQTT_ADMIN_URL"),
         local_stack=False,
+        mqtt_commands_url=env.get("FLEET_MQTT_COMMANDS_URL"),
     )
 
 

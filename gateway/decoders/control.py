@@ -17,7 +17,9 @@ from gateway.decoders import checks
 from gateway.decoders.jsonwire import decode_struct
 from gateway.records import DecodeError
 
-AckStatus = Literal["ok", "error", "unsupported"]
+AckStatus = Literal["ok", "rejected", "error", "unsupported"]
+"""`result` of the v1 ack (docs/protocol.md): ok, rejected (refused) or error (tried and failed).
+`unsupported` is the older firmware's word for a refusal, read as `rejected` by the command service."""
 MAX_DETAIL = 500
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -47,7 +49,8 @@ class Ack:
 
 class _AckWire(msgspec.Struct, frozen=True):
     id: str
-    status: AckStatus
+    result: AckStatus | None = None  # v1 ack
+    status: AckStatus | None = None  # the same, as firmware written before v1 says it
     detail: str | None = None
 
 
@@ -60,8 +63,11 @@ def decode_ack(payload: bytes) -> Ack:
     wire = decode_struct(_ack, payload)
     if _UUID.fullmatch(wire.id) is None:
         raise DecodeError("bad_schema", f"ack id is not a UUID: {wire.id[:40]!r}")
+    status = wire.result or wire.status
+    if status is None:
+        raise DecodeError("bad_schema", "ack has no result")
     detail = wire.detail or ""
     if len(detail) > MAX_DETAIL:
         raise DecodeError("out_of_range", f"detail longer than {MAX_DETAIL} characters")
     checks.text("detail", detail, free_text=True)  # stored later; a human message may span lines
-    return Ack(wire.id, wire.status, detail)
+    return Ack(wire.id, status, detail)

@@ -53,16 +53,19 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
         (*_GROUP_READER, *_TRANSACTION, "+hmget", "+hset", "+hincrby", "+publish"),
     ),
     "commands": (
-        (f"~{keys.CMD_ACKS_STREAM}", f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}"),
-        (keys.LIVE_CHANNEL, keys.CMD_WAKE_CHANNEL, keys.COMMANDS_CHANNEL),
-        (*_GROUP_READER, "+hvals", "+hgetall", "+subscribe", "+unsubscribe", "+publish"),
+        # `fleet commands send|cancel` issue through the same code as the API (HMGET of live state,
+        # a MULTI'd wake-up); theft suspicions go out on the geofence's events channel
+        (f"~{keys.CMD_ACKS_STREAM}", f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"~{keys.COUNTERS}", *_QUARANTINE),
+        (keys.LIVE_CHANNEL, keys.CMD_WAKE_CHANNEL, keys.COMMANDS_CHANNEL, keys.EVENTS_CHANNEL),
+        (*_GROUP_READER, *_TRANSACTION, "+hvals", "+hgetall", "+hmget", "+hget", "+subscribe", "+unsubscribe",
+         "+publish", "+hincrby"),
     ),
     "api": (
         # live map and health read; the device registry admits and evicts devices for the gateway
         (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"~{keys.DEVICES}",
          f"~{keys.DEVICES_VERSION}"),
         (keys.CMD_WAKE_CHANNEL,),
-        (*_TRANSACTION, "+hgetall", "+hget", "+sadd", "+srem", "+del", "+incrby", "+publish"),
+        (*_TRANSACTION, "+hgetall", "+hget", "+hmget", "+sadd", "+srem", "+del", "+incrby", "+publish"),
     ),
 }  # fmt: skip
 

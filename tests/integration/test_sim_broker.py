@@ -89,9 +89,12 @@ async def _send_commands(port: int, ids: list[str]) -> None:
     async with aiomqtt.Client("127.0.0.1", port, username="observer", identifier="commander") as client:
         await asyncio.sleep(1.0)
         for n, device in enumerate(ids):
-            cmd = {"id": f"c{n}", "cmd": "speed_limit", "args": {"kmh": 15}, "expires_at": "2100-01-01T00:00:00Z"}
+            cmd = {"v": 1, "id": f"c{n}", "action": "set_speed_limit", "params": {"kmh": 15},
+                   "expires": "2100-01-01T00:00:00Z"}  # fmt: skip
             await client.publish(f"fleet/{device}/cmd", orjson.dumps(cmd), qos=1)
-        await client.publish(f"fleet/{ids[0]}/cmd", b'{"id": "x1", "cmd": "self_destruct"}', qos=1)
+        await client.publish(f"fleet/{ids[0]}/cmd", b'{"v": 1, "id": "x1", "action": "self_destruct"}', qos=1)
+        expired = {"v": 1, "id": "x2", "action": "lock", "expires": "2001-01-01T00:00:00Z"}
+        await client.publish(f"fleet/{ids[1]}/cmd", orjson.dumps(expired), qos=1)
 
 
 def test_a_short_run_delivers_what_the_ledger_expects(broker: int) -> None:
@@ -130,9 +133,10 @@ async def _short_run(broker: int) -> None:
             assert doc.get("id") in (None, owner) or summary.rejects.get("id_mismatch")
 
     acks = {orjson.loads(m.payload)["id"]: orjson.loads(m.payload) for m in seen if m.topic.matches("fleet/+/cmd/ack")}
-    assert acks["x1"]["status"] == "unsupported"
-    assert all(acks[f"c{n}"]["status"] == "ok" for n in range(len(ids)))
-    assert summary.acks == len(acks) == len(ids) + 1
+    assert acks["x1"]["result"] == "rejected" and acks["x2"] == {"v": 1, "id": "x2", "result": "rejected",
+                                                                 "detail": "expired"}  # fmt: skip
+    assert all(acks[f"c{n}"]["result"] == "ok" for n in range(len(ids)))
+    assert summary.acks == len(acks) == len(ids) + 2
 
     last_status = {str(m.topic).split("/")[1]: m.payload for m in seen if m.topic.matches("fleet/+/status")}
     assert last_status == dict.fromkeys(ids, b"offline")

@@ -68,6 +68,8 @@ def test_ack() -> None:
     assert decode_ack(f'{{"id":"{ACK_ID}","status":"ok"}}'.encode()) == Ack(ACK_ID, "ok", "")
     ack = decode_ack(f'{{"id":"{ACK_ID}","status":"unsupported","detail":"no alarm","x":1}}'.encode())
     assert ack == Ack(ACK_ID, "unsupported", "no alarm")
+    v1 = decode_ack(f'{{"v":1,"id":"{ACK_ID}","result":"rejected","detail":"in maintenance"}}'.encode())
+    assert v1 == Ack(ACK_ID, "rejected", "in maintenance")
 
 
 @pytest.mark.parametrize(
@@ -78,6 +80,8 @@ def test_ack() -> None:
         (b'{"status":"ok"}', "bad_schema"),
         (f'{{"id":"{ACK_ID}","status":"done"}}'.encode(), "bad_schema"),
         (b'{"id":"not-a-uuid","status":"ok"}', "bad_schema"),
+        (f'{{"v":1,"id":"{ACK_ID}"}}'.encode(), "bad_schema"),
+        (f'{{"v":1,"id":"{ACK_ID}","result":"maybe"}}'.encode(), "bad_schema"),
         (f'{{"id":"{ACK_ID}","status":"ok","detail":5}}'.encode(), "bad_schema"),
         (f'{{"id":"{ACK_ID}","status":"error","detail":"{"x" * 501}"}}'.encode(), "out_of_range"),
     ],

@@ -214,17 +214,21 @@ def test_commands_change_the_vehicle() -> None:
 
     stopped, status, _ = apply_command(BEHAVIOUR, riding, "lock", {}, T0 + 2)
     assert status == "ok" and stopped.locked and stopped.mode is Mode.PARKED
+    held, _ = step(CITY, BEHAVIOUR, profile, stopped, stopped.park_until + 60, rng)
+    assert held.mode is Mode.PARKED and held.locked  # a remote lock holds it past its parking time
+    freed, status, _ = apply_command(BEHAVIOUR, held, "unlock", {}, stopped.park_until + 61)
+    assert status == "ok" and step(CITY, BEHAVIOUR, profile, freed, stopped.park_until + 62, rng)[0].mode is Mode.RIDING
 
     alarmed, status, _ = apply_command(BEHAVIOUR, parked, "alarm", {"duration_s": 5}, T0)
     assert status == "ok" and alarmed.alarm_until == T0 + 5
 
     assert apply_command(BEHAVIOUR, parked, "locate", {}, T0)[1] == "ok"
-    assert apply_command(BEHAVIOUR, parked, "explode", {}, T0)[1] == "unsupported"
-    assert apply_command(BEHAVIOUR, parked, "speed_limit", {"kmh": "fast"}, T0)[1] == "error"
-    assert apply_command(BEHAVIOUR, parked, "speed_limit", {"kmh": math.nan}, T0)[1] == "error"
-    assert apply_command(BEHAVIOUR, parked, "alarm", {"duration_s": -1}, T0)[1] == "error"
+    assert apply_command(BEHAVIOUR, parked, "explode", {}, T0)[1] == "rejected"
+    assert apply_command(BEHAVIOUR, parked, "set_speed_limit", {"kmh": "fast"}, T0)[1] == "rejected"
+    assert apply_command(BEHAVIOUR, parked, "set_speed_limit", {"kmh": math.nan}, T0)[1] == "rejected"
+    assert apply_command(BEHAVIOUR, parked, "alarm", {"duration_s": -1}, T0)[1] == "rejected"
     in_maintenance = replace(parked, mode=Mode.MAINTENANCE)
-    assert apply_command(BEHAVIOUR, in_maintenance, "unlock", {}, T0)[1] == "error"
+    assert apply_command(BEHAVIOUR, in_maintenance, "unlock", {}, T0)[1] == "rejected"
 
 
 def test_time_going_backwards_moves_nothing() -> None:

@@ -45,11 +45,8 @@ TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "zones": {"api": ALL_ROWS, "geofence": READ},
     "zone_catalog": {"api": ("SELECT", "UPDATE"), "geofence": READ},
     "zone_deletions": {"api": APPEND, "geofence": READ},
-    "zone_events": {
-        "geofence": READ_APPEND,
-        "api": READ,
-        "commands": APPEND,
-    },  # commands: theft_suspected  # ON CONFLICT (device_id, zone_id, kind, time)
+    # geofence: ON CONFLICT (device_id, zone_id, kind, time); commands: theft_suspected, bare ON CONFLICT
+    "zone_events": {"geofence": READ_APPEND, "api": READ, "commands": APPEND},
     "trips": {"geofence": READ_WRITE, "api": READ},
     "device_service": {"api": READ_WRITE, "geofence": READ},
     # recomputed by the geofence worker, and by the API when a device's service status changes

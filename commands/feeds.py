@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -18,6 +19,7 @@ from gateway.ratelimit import RateLimitedLog
 from gateway.redis_client import GroupReader
 from gateway.settings import MqttTarget
 from ingest.livestate import LIVE_CHANNEL
+from ingest.store import quarantine_rows
 
 log = logging.getLogger(__name__)
 _warn = RateLimitedLog(log)
@@ -57,13 +59,16 @@ def read_acks(redis_url: str, group: str, consumer: str, inbox: Inbox, stop: thr
         while not stop.is_set():
             try:
                 ensured = ensured or reader.ensure_group()
-                entries = reader.read()
+                read = reader.read()
+                if read.quarantine:  # acks the service failed on again and again: kept aside, never retried
+                    inbox.put(("quarantined", quarantine_rows(ACKS_STREAM, read.quarantine, datetime.now(UTC))))
+                    reader.quarantine(read.quarantine, reason="commands: an ack that kept failing")
             except redis.RedisError as exc:
                 _warn.warning("acks", "commands: cannot read acks: %s", exc)
                 stop.wait(RETRY_S)
                 continue
-            if entries:
-                inbox.put(("acks", entries))
+            if read.entries:
+                inbox.put(("acks", read.entries))
     finally:
         client.close()
 

@@ -44,6 +44,7 @@ from commands.wire import ACKS_STREAM, BadAck, command_topic, decode_ack_entry, 
 from gateway.ratelimit import RateLimitedLog
 from gateway.settings import DURABLE_COMMIT, MqttTarget
 from ingest.livestate import LIVE_CHANNEL, ONLINE_KEY, VEHICLES_KEY
+from ingest.store import insert_dead_letters
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,8 @@ class CommandService:
                     raised = self.theft.observe(device, self.vehicles[device], _now())
                     if raised is not None:
                         work.thefts.append(raised)
+        elif kind == "quarantined":  # their dead letters (the entries are in fleet:quarantine already)
+            insert_dead_letters(self._db(), data)
         elif kind == "resync":  # (re)subscribed: what was published meanwhile is in the hash and the table
             self._resync_commands()
             self._load_vehicles()

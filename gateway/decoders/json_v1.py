@@ -9,8 +9,9 @@ range rules as msgspec constraints, so a good message (nearly every message) is 
 only time, identity and position are looked at in Python. Any doubt on the fast path (a constraint
 failed, a foreign id, a bad time) sends the message down the exact path, which decodes without
 constraints and applies the same rules one by one to find the reason code each refused record gets
-(out_of_range, not_finite, future_time, ...). The constraints are declared once, on `Checked`; the
-exact path reads its limits from there.
+(out_of_range, not_finite, bad_string, future_time, ...). The constraints on `Checked` are built
+from the table every format shares (`checks.BOUNDS`); the exact path reads its limits from `Checked`.
+Nesting is bounded on the bytes before either path parses (`jsonwire.check_depth`).
 
 A bad single record refuses the message (raise). In a batch, each bad record becomes a `Reject`
 holding that record's own bytes and the good records are kept: a tracker that buffered 900 points

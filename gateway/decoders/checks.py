@@ -54,7 +54,9 @@ def bounded(name: str, value: N, label: str | None = None) -> N:
     """Check a `Telemetry` field against `BOUNDS`; `label` is the format's own name for the detail."""
     if value is not None:
         b = BOUNDS[name]
-        in_range(label or name, value, b.low, b.high, high_open=b.high_open)
+        # the usual good value in one comparison; NaN fails it and in_range names the reason
+        if not (b.low <= value < b.high if b.high_open else b.low <= value <= b.high):
+            in_range(label or name, value, b.low, b.high, high_open=b.high_open)
     return value
 
 
@@ -71,6 +73,10 @@ def text(name: str, value: str, *, free_text: bool = False) -> str:
     if m is not None:
         raise DecodeError("bad_string", f"{name} holds control character U+{ord(m[0]):04X} at {m.start()}")
     return value
+
+
+def has_control(value: str) -> bool:
+    return _BAD_CHAR.search(value) is not None
 
 
 def printable(value: str) -> str:

@@ -20,23 +20,29 @@ levels raise RecursionError: the bound is checked on the bytes before the parser
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_SHORT = 512  # below this, two counts decide nearly always; above, a batch: go straight to the scan
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"\\')
 
 
 def check_depth(payload: bytes, max_depth: int = MAX_DEPTH) -> None:
     """Raise `too_deep` if arrays and objects nest deeper than `max_depth`, or might.
 
-    Nearly every message has fewer brackets than the bound and costs two `count`s. A batch keeps
-    only its brackets, quotes and backslashes (one `translate`); when every string is then empty,
-    the brackets are the structure, with no regex over the strings. Everything runs in C: the
+    A short message with fewer brackets than the bound (nearly every single record) costs two
+    `count`s. Anything else keeps only its brackets, quotes and backslashes (one `translate`); when
+    every string is then empty (quotes only in adjacent pairs), the brackets are the structure, with
+    no regex over the strings. Everything runs in C: the
     Python loop is per nesting level, never per byte. Unclosed brackets count as nesting (the parser
     recurses into them before it finds the end missing), so junk may read as `too_deep`."""
-    if payload.count(b"[") + payload.count(b"{") <= max_depth:
+    if len(payload) < _SHORT and payload.count(b"[") + payload.count(b"{") <= max_depth:
         return
-    structure = payload.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
-    if b'"' in structure or b"\\" in structure:  # brackets or escapes inside strings: cut strings out
-        structure = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
-    if _depth(structure.translate(_BRACKETS), max_depth) > max_depth:
+    structure = payload.translate(None, _NOT_STRUCTURE)
+    quotes = structure.count(b'"')
+    if quotes and (structure.count(b'""') * 2 != quotes or b"\\" in structure):
+        # brackets or escapes inside strings: cut the strings out
+        brackets = _STRING.sub(b"", payload).translate(_BRACKETS, _NOT_BRACKETS)
+    else:
+        brackets = structure.translate(_BRACKETS, b'"')  # every string was empty of structure
+    if _depth(brackets, max_depth) > max_depth:
         raise DecodeError("too_deep", f"arrays and objects nested deeper than {max_depth}")
 
 

@@ -45,6 +45,14 @@ def test_a_control_character_in_a_fault_code_is_refused_not_stored(before: str, 
     assert reason(T, payload) == "bad_string"
 
 
+@pytest.mark.parametrize("bad", [chr(c) for c in (*range(0x20), *range(0x7F, 0xA0))])
+def test_every_control_character_is_refused_whether_escaped_or_raw(bad: str) -> None:
+    escaped = orjson.dumps({"v": 1, "ts": TS, "faults": ["E" + bad]})  # \n, \t, \u0000, raw DEL and C1
+    assert reason(T, escaped) == "bad_string"
+    batch = orjson.dumps({"v": 1, "records": [{"ts": TS, "faults": ["E" + bad]}, {"ts": TS, "faults": ["E"]}]})
+    assert [r.reason for r in run(T, batch).rejects] == ["bad_string"]
+
+
 @settings(max_examples=100, deadline=None)
 @given(code=SAFE_TEXT)
 def test_printable_fault_codes_are_kept_exactly(code: str) -> None:

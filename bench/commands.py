@@ -117,15 +117,16 @@ def farm_main(mqtt_url: str, connections: int, ready: Any, stop: Any, out: Any) 
 
     def on_command(client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         device = msg.topic.split("/")[1]
-        command_id = orjson.loads(msg.payload)["id"]
+        command = orjson.loads(msg.payload)
+        command_id = command["id"]
         with lock:
             received[0] += 1
             first = command_id not in first_seen
             first_seen.setdefault(command_id, time.time())
         ack = {"v": 1, "id": command_id, "result": "ok", "detail": "locked"}
         client.publish(f"fleet/{device}/cmd/ack", orjson.dumps(ack), qos=1)
-        if first:
-            report(client, device, True)
+        if first and command["action"] in ("lock", "unlock"):
+            report(client, device, command["action"] == "lock")
 
     clients = []
     for i in range(connections):
@@ -138,6 +139,47 @@ def farm_main(mqtt_url: str, connections: int, ready: Any, stop: Any, out: Any) 
     for client in clients:
         client.disconnect()
         client.loop_stop()
+
+
+def offline_phase(
+    database_url: str, setup: mqtt.Client, client: redis.Redis, away: list[str], offline_s: float, rules: Rules
+) -> str:
+    """Devices go offline; each gets an unlock, then an alarm; they come back after `offline_s`. Every
+    command must be delivered after the return, none sent while away, none expired, each device's
+    two sent in the order issued."""
+    for device in away:
+        setup.publish(f"fleet/{device}/status", b"offline", qos=1, retain=True)
+    time.sleep(2.0)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        firsts = issue_many(conn, client, [CommandRequest(d, Action.UNLOCK, "bench", reason="renewed") for d in away],
+                            rules, datetime.now(UTC))  # fmt: skip
+        seconds = issue_many(conn, client, [CommandRequest(d, Action.ALARM, "bench") for d in away], rules,
+                             datetime.now(UTC))  # fmt: skip
+    pairs = [(a.command.id, b.command.id) for a, b in zip(firsts, seconds, strict=True)]  # type: ignore[union-attr]
+    ids = [c for pair in pairs for c in pair]
+    time.sleep(offline_s)
+    with psycopg.connect(database_url) as conn:
+        sent_away = conn.execute("SELECT count(*) FROM commands WHERE id = ANY(%s::uuid[]) AND attempts > 0",
+                                 (ids,)).fetchone()[0]  # fmt: skip
+    back = time.monotonic()
+    for device in away:
+        setup.publish(f"fleet/{device}/status", b"online", qos=1, retain=True)
+    done = 0
+    while time.monotonic() < back + 120 and done < len(ids):
+        time.sleep(0.5)
+        with psycopg.connect(database_url) as conn:
+            done = conn.execute("SELECT count(*) FROM commands WHERE id = ANY(%s::uuid[])"
+                                " AND state IN ('delivered', 'confirmed')", (ids,)).fetchone()[0]  # fmt: skip
+    took = time.monotonic() - back
+    with psycopg.connect(database_url) as conn:
+        expired = conn.execute("SELECT count(*) FROM commands WHERE id = ANY(%s::uuid[]) AND state = 'expired'",
+                               (ids,)).fetchone()[0]  # fmt: skip
+        sent_at = dict(conn.execute("SELECT id::text, sent_at FROM commands WHERE id = ANY(%s::uuid[])",
+                                    (ids,)).fetchall())  # fmt: skip
+    disorder = sum(1 for a, b in pairs if sent_at[a] is None or sent_at[b] is None or sent_at[a] > sent_at[b])
+    return (f"offline phase: {len(away)} devices away {offline_s:.0f} s with 2 commands each: sent while away "
+            f"{sent_away}; delivered after the return {done}/{len(ids)} in {took:.1f} s; expired {expired}; "
+            f"out of order {disorder}")  # fmt: skip
 
 
 def _cpu_s(pid: int) -> float:
@@ -172,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--issuers", type=int, default=4, help="threads issuing commands at once")
     parser.add_argument("--batch", type=int, default=1, help="commands per issue_many call (lockout: hundreds)")
     parser.add_argument("--farm", type=int, default=8, help="farm connections sharing the command topics")
+    parser.add_argument("--offline-share", type=float, default=0.0, help="then: this share of devices offline")
+    parser.add_argument("--offline-s", type=float, default=60.0, help="for this long, with two commands each")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, stack)")
     args = parser.parse_args(argv)
@@ -219,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(0.5)
         sent, delivered, confirmed, span, lost = measure(urls.database_url, ids)
+        away = ids[: int(len(ids) * args.offline_share)]
+        offline = offline_phase(urls.database_url, setup, client, away, args.offline_s, rules) if away else None
         farm_stop.set()
         first_seen, received = farm_out.get(timeout=60)
         setup.disconnect()
@@ -241,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"issue → confirmed  p50 {pct(confirmed, 0.5) * 1000:.0f} ms  p99 {pct(confirmed, 0.99) * 1000:.0f} ms")
         print(f"first issue → last confirmed {span:.1f} s: {len(confirmed) / span if span else 0:.0f} commands/s; "
               f"lost {lost}; commands the farm received {received}")  # fmt: skip
+        if offline is not None:
+            print(offline)
         cpu = {name: _cpu_s(proc.pid) for name, proc in zip(("gateway", "ingest", "commands"), procs, strict=True)}
         print(
             "CPU seconds: "

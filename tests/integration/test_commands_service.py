@@ -207,3 +207,19 @@ def test_locked_vehicle_that_moves_raises_one_theft_suspected(fleet: tuple[Endpo
         assert thefts() == 1  # one per episode, none once unlocked
     finally:
         device.close()
+
+
+def test_two_services_send_each_command_once(fleet: tuple[Endpoints, dict[str, str]]) -> None:
+    """Both services are woken for every command; the compare-and-set lets one of them send it."""
+    endpoints, creds = fleet
+    device = Firmware(endpoints, "bike-2", creds["bike-2"]).connect()
+    try:
+        with command_service(endpoints, consumer="a") as a, command_service(endpoints, consumer="b") as b:
+            issued = [send(endpoints, "bike-2", Action.ALARM, params={"duration_s": 5}) for _ in range(10)]
+            ids = [i.command.id for i in issued]
+            wait_for(lambda: all(state_of(endpoints, c) is State.DELIVERED for c in ids), 15, "all delivered")
+            time.sleep(FAST.ack_timeout_s * 2)  # past the ack timeout the slower service had set
+        assert sorted(c["id"] for c in device.received) == sorted(ids)
+        assert a.stats.sent + b.stats.sent == len(ids) and a.stats.lost_races + b.stats.lost_races > 0
+    finally:
+        device.close()

@@ -11,10 +11,9 @@ import pytest
 import redis
 from commands_harness import truncate_commands
 from fastapi.testclient import TestClient
-from fleet_harness import register
+from fleet_harness import api_client, register
 
-from api.app import create_app
-from api.deps import ApiConfig
+from api.keys import Role
 from gateway.config import Endpoints
 
 pytestmark = pytest.mark.integration
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.integration
 def api(clean: Endpoints) -> Iterator[TestClient]:
     truncate_commands(clean)
     register(clean, ["bike-1", "bike-2"])
-    with TestClient(create_app(ApiConfig(clean.database_url, clean.redis_url, clean.mqtt_admin_url))) as client:
+    with api_client(clean, Role.OPERATOR) as client:  # sending and canceling is the operator's
         yield client
 
 
@@ -78,7 +77,7 @@ def test_show_list_cancel_and_supersede(api: TestClient) -> None:
     shown = api.get(f"/v1/commands/{lock['id']}").json()
     assert [t["to_state"] for t in shown["transitions"]] == ["queued", "superseded"]
     assert shown["transitions"][1]["detail"] == f"by {unlock['id']}"
-    assert (shown["expires_at"] > shown["created_at"]) and shown["requested_by"] == "api"
+    assert (shown["expires_at"] > shown["created_at"]) and shown["requested_by"] == "key:tests"  # the API key's name
     listed = api.get("/v1/commands", params={"device": "bike-1", "state": "queued"}).json()
     assert [c["id"] for c in listed] == [unlock["id"]]
     assert len(api.get("/v1/devices/bike-1/commands").json()) == 2

@@ -144,7 +144,7 @@ class Firmware:
 def spawn_commands(endpoints: Endpoints, instance: str, log_dir: Path, rules: Rules = FAST) -> subprocess.Popen[bytes]:
     """`fleet commands serve` as its own process, so a test can kill -9 it."""
     env = {
-        **os.environ, **endpoints.env(), "FLEET_COMMANDS_ID": instance,
+        **endpoints.service_env("commands", os.environ), "FLEET_COMMANDS_ID": instance,
         "FLEET_COMMANDS_ACK_TIMEOUT_S": str(rules.ack_timeout_s), "FLEET_COMMANDS_BACKOFF": str(rules.backoff),
         "FLEET_COMMANDS_MAX_SENDS": str(rules.max_sends), "FLEET_COMMANDS_PARK_S": str(rules.park_s),
     }  # fmt: skip

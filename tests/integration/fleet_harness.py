@@ -41,6 +41,7 @@ STREAM = "fleet:ingest"
 class Running:
     gateway: Gateway
     ingest: IngestWorker
+    threads: list[threading.Thread] = field(default_factory=list)
 
 
 @contextmanager
@@ -70,7 +71,7 @@ def services(
     try:
         assert gateway.wait_connected(10), "gateway did not connect to the broker"
         time.sleep(0.2)  # subscription acknowledged
-        yield Running(gateway, worker)
+        yield Running(gateway, worker, threads)
     finally:
         stop.set()
         for thread in threads:

@@ -424,6 +424,12 @@ def bench_reliability(ctx: typer.Context) -> None:
     _run_bench("reliability", ctx.args)
 
 
+@bench_app.command("hostile", context_settings=_PASS_THROUGH)
+def bench_hostile(ctx: typer.Context) -> None:
+    """At least 100,000 generated hostile messages through the whole pipeline, accounted for."""
+    _run_bench("hostile", ctx.args)
+
+
 @bench_app.command("session", context_settings=_PASS_THROUGH)
 def bench_session(ctx: typer.Context) -> None:
     """Records/s through the whole pipeline with our MQTT session and with paho (manual acks), and the ratio."""

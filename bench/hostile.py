@@ -24,16 +24,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
-from fleet_harness import device_client, publish_all, register, scalar, services, wait_for  # noqa: E402
+from fleet_harness import (  # noqa: E402
+    counters,
+    device_client,
+    ingest_backlog,
+    publish_all,
+    register,
+    scalar,
+    services,
+    wait_for,
+)
 from hostile import messages  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
-from gateway import keys  # noqa: E402
 from gateway.config import Endpoints  # noqa: E402
 from gateway.stack import Stack, ensure_installed, free_ports  # noqa: E402
 from ingest.migrate import migrate  # noqa: E402
@@ -57,14 +64,6 @@ def generate(device_id: str, now: datetime, count: int) -> list[tuple[str, bytes
     while len(found) < count:
         collect()
     return found[:count]
-
-
-def counters(endpoints: Endpoints) -> Counter[str]:
-    client = redis.Redis.from_url(endpoints.redis_url)
-    try:
-        return Counter({k.decode(): int(v) for k, v in client.hgetall(keys.COUNTERS).items()})
-    finally:
-        client.close()
 
 
 def replay(pool: list[tuple[str, bytes]], device_id: str, count: int, rng: random.Random) -> list[tuple[str, bytes]]:
@@ -116,7 +115,7 @@ def run(endpoints: Endpoints, total: int, pool: int) -> dict[str, object]:
                     good_sent += 1
         published = sum(len(p) for p in plan.values()) + good_sent
         wait_for(lambda: counters(endpoints)["received"] - before["received"] >= published, 600, "all at the gateway")
-        wait_for(lambda: _drained(endpoints), 600, "the stream drained")
+        wait_for(lambda: not ingest_backlog(endpoints), 600, "the stream drained")
         elapsed = time.monotonic() - started
         alive = all(t.is_alive() for t in running.threads) and running.gateway.wait_connected(5)
     after = counters(endpoints)
@@ -137,14 +136,6 @@ def run(endpoints: Endpoints, total: int, pool: int) -> dict[str, object]:
         "db_refused": refused, "good_sent": good_sent, "good_stored": stored_good, "good_rows": rows_good,
         "services_alive": alive,
     }  # fmt: skip
-
-
-def _drained(endpoints: Endpoints) -> bool:
-    client = redis.Redis.from_url(endpoints.redis_url)
-    try:
-        return not client.xlen("fleet:ingest") and not client.xpending("fleet:ingest", "ingest")["pending"]
-    finally:
-        client.close()
 
 
 def main() -> None:

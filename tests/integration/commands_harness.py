@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 import redis
+from fleet_harness import spawn_service
 from paho.mqtt.enums import CallbackAPIVersion
 
 from commands.issue import CommandRequest, Issued, issue
@@ -142,15 +141,12 @@ class Firmware:
 
 
 def spawn_commands(endpoints: Endpoints, instance: str, log_dir: Path, rules: Rules = FAST) -> subprocess.Popen[bytes]:
-    """`fleet commands serve` as its own process, so a test can kill -9 it."""
-    env = {
-        **endpoints.service_env("commands", os.environ), "FLEET_COMMANDS_ID": instance,
+    """`fleet commands serve` as its own process with `rules`, so a test can kill -9 it."""
+    rules_env = {
         "FLEET_COMMANDS_ACK_TIMEOUT_S": str(rules.ack_timeout_s), "FLEET_COMMANDS_BACKOFF": str(rules.backoff),
         "FLEET_COMMANDS_MAX_SENDS": str(rules.max_sends), "FLEET_COMMANDS_PARK_S": str(rules.park_s),
     }  # fmt: skip
-    with (log_dir / f"commands-{instance}.log").open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "commands", "serve"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+    return spawn_service("commands", endpoints, instance, log_dir, env=rules_env)
 
 
 def clear_statuses(endpoints: Endpoints, device_ids: list[str]) -> None:

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as mqtt
 import psycopg
+import redis
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -24,7 +26,7 @@ from api import keystore
 from api.app import create_app
 from api.deps import ApiConfig
 from api.keys import Role
-from gateway import decoders
+from gateway import decoders, keys
 from gateway.broker_admin import BrokerAdmin
 from gateway.config import Endpoints
 from gateway.decoders import Decoded
@@ -129,6 +131,28 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def counters(endpoints: Endpoints) -> Counter[str]:
+    """The pipeline's counters (`fleet:counters`), as /healthz shows them."""
+    client = redis.Redis.from_url(endpoints.redis_url)
+    try:
+        return Counter({k.decode(): int(v) for k, v in client.hgetall(keys.COUNTERS).items()})
+    finally:
+        client.close()
+
+
+def ingest_backlog(endpoints: Endpoints) -> int:
+    """Stream entries not yet stored: still in `fleet:ingest` or read and not acknowledged."""
+    client = redis.Redis.from_url(endpoints.redis_url)
+    try:
+        waiting = int(client.xlen(STREAM))
+        try:
+            return waiting + int(client.xpending(STREAM, "ingest")["pending"])
+        except redis.ResponseError:  # no consumer group yet: nothing read
+            return waiting
+    finally:
+        client.close()
+
+
 def scalar(database_url: str, sql: str, *params: object) -> object:
     with psycopg.connect(database_url) as conn:
         row = conn.execute(sql, params).fetchone()
@@ -136,14 +160,23 @@ def scalar(database_url: str, sql: str, *params: object) -> object:
 
 
 # -- services as separate processes, devices that keep publishing (reliability tests) ----------------
-def spawn_service(role: str, endpoints: Endpoints, instance: str, log_dir: Path, *args: str) -> subprocess.Popen[bytes]:
-    """`fleet gateway` or `fleet ingest` (with `args`) as its own process, so a test can kill -9 it."""
-    variable = {"gateway": "FLEET_GATEWAY_ID", "ingest": "FLEET_INGEST_ID"}[role]
-    env = {**endpoints.service_env(role, os.environ), variable: instance}
+# service → (its `fleet` command, the variable that names its instance)
+SERVICE_COMMANDS = {"gateway": (["gateway"], "FLEET_GATEWAY_ID"), "ingest": (["ingest"], "FLEET_INGEST_ID"),
+                    "commands": (["commands", "serve"], "FLEET_COMMANDS_ID")}  # fmt: skip
+
+
+def spawn_service(
+    role: str, endpoints: Endpoints, instance: str, log_dir: Path, *args: str, env: Mapping[str, str] = {}
+) -> subprocess.Popen[bytes]:
+    """`fleet gateway`, `fleet ingest` or `fleet commands serve` (with `args`, and `env` added to its
+    own accounts) as its own process, so a test can kill -9 it."""
+    command, variable = SERVICE_COMMANDS[role]
+    child_env = {**endpoints.service_env(role, os.environ), **env, variable: instance}
     with (log_dir / f"{role}-{instance}.log").open("ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", role, *args], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+            [sys.executable, "-m", "gateway.cli", *command, *args], env=child_env, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 def wait_gateway_connected(log_dir: Path, instance: str, times: int = 1, timeout: float = 15.0) -> None:

@@ -16,13 +16,21 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-import redis
-from fleet_harness import Running, device_client, publish_all, register, scalar, services, wait_for
+from fleet_harness import (
+    Running,
+    counters,
+    device_client,
+    ingest_backlog,
+    publish_all,
+    register,
+    scalar,
+    services,
+    wait_for,
+)
 from hostile import expect, messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import keys
 from gateway.config import Endpoints
 
 pytestmark = pytest.mark.integration
@@ -40,14 +48,6 @@ def pipeline(endpoints: Endpoints) -> Iterator[tuple[Endpoints, Running, dict[st
     credentials = register(endpoints, list(GOOD))
     with services(endpoints) as running:
         yield endpoints, running, credentials
-
-
-def _counter(endpoints: Endpoints, name: str) -> int:
-    client = redis.Redis.from_url(endpoints.redis_url)
-    try:
-        return int(client.hget(keys.COUNTERS, name) or 0)
-    finally:
-        client.close()
 
 
 def _good(device_id: str, k: int, base: datetime) -> tuple[str, bytes]:
@@ -69,7 +69,7 @@ def test_hostile_input_changes_nothing_but_its_own_dead_letters(
     assert not oracle.unaccounted, f"the intake accounts for no outcome of {oracle.unaccounted[:3]}"
 
     base = now - timedelta(hours=2) + timedelta(seconds=next(_serial))
-    received_before = _counter(endpoints, "received")
+    received_before = counters(endpoints)["received"]
     good_sent = 0
     with device_client(endpoints, device, password) as bad, \
          device_client(endpoints, GOOD[0], good_credentials[GOOD[0]]) as good_a, \
@@ -80,7 +80,7 @@ def test_hostile_input_changes_nothing_but_its_own_dead_letters(
             publish_all(good_b, [_good(GOOD[1], i, base)])
             good_sent += 2
     total = len(sent) + good_sent
-    wait_for(lambda: _counter(endpoints, "received") - received_before >= total, 30, "every message at the gateway")
+    wait_for(lambda: counters(endpoints)["received"] - received_before >= total, 30, "every message at the gateway")
 
     def stored(device_id: str, since: datetime | None = None) -> int:
         sql = "SELECT count(*) FROM telemetry WHERE device_id = %s" + (" AND time >= %s" if since else "")
@@ -91,7 +91,7 @@ def test_hostile_input_changes_nothing_but_its_own_dead_letters(
 
     wait_for(lambda: stored(device) >= len(oracle.times) and letters() >= oracle.letters
              and all(stored(g, base) >= len(sent) for g in GOOD), 30, "the pipeline caught up")  # fmt: skip
-    wait_for(lambda: not _pending(endpoints), 30, "the stream drained")
+    wait_for(lambda: not ingest_backlog(endpoints), 30, "the stream drained")
 
     assert all(t.is_alive() for t in running.threads), "a service stopped"
     assert running.gateway.wait_connected(5)
@@ -104,14 +104,3 @@ def test_hostile_input_changes_nothing_but_its_own_dead_letters(
         sql = "SELECT count(DISTINCT time) FROM telemetry WHERE device_id = %s AND time >= %s"
         distinct = scalar(endpoints.database_url, sql, g, base)
         assert distinct == len(sent)
-
-
-def _pending(endpoints: Endpoints) -> int:
-    client = redis.Redis.from_url(endpoints.redis_url)
-    try:
-        info = client.xpending("fleet:ingest", "ingest")
-        return int(info["pending"]) + int(client.xlen("fleet:ingest"))
-    except redis.ResponseError:
-        return 0
-    finally:
-        client.close()

@@ -18,9 +18,11 @@ StateDir = Annotated[Path | None, typer.Option("--state-dir", help="State folder
 
 
 def _database_url(state_dir: Path | None) -> str:
-    from gateway.cli import _database_url as resolve_url
+    """The owner's database URL: keys are managed on the server, as `fleet migrate` runs."""
+    from gateway.config import resolve
+    from gateway.settings import Settings
 
-    return resolve_url(state_dir)
+    return resolve(Settings.at(state_dir)).database_url
 
 
 @keys_app.command("create")

@@ -23,10 +23,7 @@ def _endpoints(state_dir: Path | None):  # type: ignore[no-untyped-def]
     from gateway.config import resolve
     from gateway.settings import Settings
 
-    settings = Settings()
-    if state_dir is not None:
-        settings = settings.model_copy(update={"state_dir": state_dir})
-    return resolve(settings, service="commands")
+    return resolve(Settings.at(state_dir), service="commands")
 
 
 def _rules():  # type: ignore[no-untyped-def]

@@ -22,13 +22,6 @@ console = Console()
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="State folder (default .fleet/).")]
 
 
-def _settings(state_dir: Path | None = None) -> Settings:
-    settings = Settings()
-    if state_dir is not None:
-        settings = settings.model_copy(update={"state_dir": state_dir})
-    return settings
-
-
 # -- stack ----------------------------------------------------------------------------------------
 @stack_app.command("install")
 def stack_install() -> None:
@@ -52,7 +45,7 @@ def stack_up(state_dir: StateDir = None) -> None:
     from gateway.stack import StackError, ensure_installed
     from ingest.migrate import migrate
 
-    settings = _settings(state_dir)
+    settings = Settings.at(state_dir)
     try:
         if not settings.external:
             ensure_installed(log=console.print)
@@ -77,7 +70,7 @@ def stack_down(state_dir: StateDir = None) -> None:
     """Stop the local servers; no process is left behind."""
     from gateway.config import local_stack
 
-    local_stack(_settings(state_dir)).down()
+    local_stack(Settings.at(state_dir)).down()
     console.print("stack stopped")
 
 
@@ -85,7 +78,7 @@ def stack_down(state_dir: StateDir = None) -> None:
 def stack_status(state_dir: StateDir = None) -> None:
     from gateway.config import local_stack
 
-    for name, info in local_stack(_settings(state_dir)).status().items():
+    for name, info in local_stack(Settings.at(state_dir)).status().items():
         console.print(f"{name:10} {info}", highlight=False)
 
 
@@ -96,7 +89,7 @@ def migrate(state_dir: StateDir = None) -> None:
     from gateway.config import resolve
     from ingest.migrate import migrate as run
 
-    applied = run(resolve(_settings(state_dir)).database_url)
+    applied = run(resolve(Settings.at(state_dir)).database_url)
     console.print(f"{len(applied)} migration(s) applied: {[m.name for m in applied]}")
 
 
@@ -123,7 +116,7 @@ def gateway(
     from gateway.service import run_gateway
 
     setup_logging()
-    settings = _settings(state_dir)
+    settings = Settings.at(state_dir)
     endpoints = resolve(settings, service="gateway")
     code = run_gateway(
         endpoints.mqtt_url,
@@ -149,7 +142,7 @@ def ingest(
     from ingest.service import run_ingest
 
     setup_logging()
-    settings = _settings(state_dir)
+    settings = Settings.at(state_dir)
     endpoints = resolve(settings, service="ingest")
     run_ingest(
         endpoints.redis_url,
@@ -176,7 +169,7 @@ def api(
     from api.deps import ApiConfig
     from gateway.config import resolve
 
-    settings = _settings(state_dir)
+    settings = Settings.at(state_dir)
     cert, key = tls_cert or settings.api_tls_cert, tls_key or settings.api_tls_key
     if (cert is None) != (key is None):
         console.print("[red]HTTPS needs both a certificate and its key (--tls-cert and --tls-key)[/red]")
@@ -203,7 +196,7 @@ def geofence(
     from geofence.service import run_geofence
 
     setup_logging()
-    endpoints = resolve(_settings(state_dir), service="geofence")
+    endpoints = resolve(Settings.at(state_dir), service="geofence")
     run_geofence(endpoints.redis_url, endpoints.database_url, instance=instance)
 
 
@@ -213,7 +206,7 @@ def _registry(state_dir: Path | None):  # type: ignore[no-untyped-def]
     from gateway.config import resolve
     from gateway.registry import DeviceRegistry
 
-    endpoints = resolve(_settings(state_dir))
+    endpoints = resolve(Settings.at(state_dir))
     if not endpoints.mqtt_admin_url:
         console.print("[red]no broker admin account: set FLEET_MQTT_ADMIN_URL[/red]")
         raise typer.Exit(1)
@@ -282,7 +275,7 @@ def devices_service(
     from geofence.store import UnknownDevice, set_device_service
 
     try:
-        since = set_device_service(resolve(_settings(state_dir)).database_url, device_id, status)
+        since = set_device_service(resolve(Settings.at(state_dir)).database_url, device_id, status)
     except (UnknownDevice, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -326,7 +319,7 @@ def devices_delete(device_id: str, state_dir: StateDir = None) -> None:
 def _database_url(state_dir: Path | None) -> str:
     from gateway.config import resolve
 
-    return resolve(_settings(state_dir)).database_url
+    return resolve(Settings.at(state_dir)).database_url
 
 
 def _keys_app() -> typer.Typer:
@@ -375,7 +368,7 @@ def simulate(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    run(_settings(state_dir), config, console=console, credentials_file=credentials)
+    run(Settings.at(state_dir), config, console=console, credentials_file=credentials)
 
 
 @app.command()
@@ -386,7 +379,7 @@ def demo(
     """The whole system with a simulated fleet; Ctrl-C stops everything."""
     from gateway.demo import run_demo
 
-    raise typer.Exit(run_demo(_settings(state_dir), devices=devices, console=console))
+    raise typer.Exit(run_demo(Settings.at(state_dir), devices=devices, console=console))
 
 
 # -- benchmarks -----------------------------------------------------------------------------------

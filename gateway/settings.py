@@ -32,6 +32,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLEET_", env_file=None, extra="ignore")
 
+    @classmethod
+    def at(cls, state_dir: Path | None) -> Settings:
+        """The settings from the environment, with the state folder a command line named (if any)."""
+        settings = cls()
+        return settings if state_dir is None else settings.model_copy(update={"state_dir": state_dir})
+
     state_dir: Path = Path(".fleet")
     database_url: str | None = None
     mqtt_url: str | None = None

@@ -59,6 +59,17 @@ TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     # the audit trail is only ever appended to
     "api_keys": {"api": READ_WRITE},
     "audit_log": {"api": READ_APPEND},
+    # subscriptions (migration 0008): the API's admin routes create and change them; the lockout
+    # engine and the reminder sender get their own grants when they arrive as services
+    "customers": {"api": READ_WRITE},
+    "plans": {"api": READ_WRITE},
+    "subscriptions": {"api": READ_WRITE},
+    "subscription_devices": {"api": READ_WRITE},
+    "exemptions": {"api": READ_WRITE},
+    "lockout_decisions": {"api": READ_APPEND},
+    "webhook_events": {"api": READ_WRITE},
+    "outbox": {"api": READ_APPEND},
+    "reminder_items": {"api": READ},
 }
 
 

@@ -1,0 +1,1 @@
+"""Subscriptions drive the fleet: the lockout policy and engine, reminders, imports and shop orders."""

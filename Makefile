@@ -20,11 +20,13 @@ demo: stack
 
 test: stack
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 bench-geofence: install
 	$(BIN)/python bench/geofence.py

@@ -31,7 +31,7 @@ from api.routes import (
     vehicles,
     zones,
 )
-from ingest.livestate import LiveState
+from kernel.livestate import LiveState
 
 AUTH_POOL_SIZE = 4  # at most this many key lookups at once; more wait for a connection
 
@@ -56,8 +56,8 @@ def create_app(config: ApiConfig) -> FastAPI:
         )
         app.state.auth_pool.open(wait=False)
         if config.mqtt_admin_url:
-            from gateway.broker_admin import BrokerAdmin
-            from gateway.registry import DeviceRegistry
+            from provisioning.broker_admin import BrokerAdmin
+            from provisioning.registry import DeviceRegistry
 
             app.state.registry = DeviceRegistry(
                 config.database_url, config.redis_url, BrokerAdmin(config.mqtt_admin_url)

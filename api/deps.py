@@ -8,8 +8,8 @@ from typing import Annotated
 import redis
 from fastapi import Depends, Request
 
-from gateway.settings import redacted_repr
-from ingest.livestate import LiveState
+from kernel.livestate import LiveState
+from kernel.settings import redacted_repr
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -49,12 +49,12 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from commands.issue import CommandRequest, issue_many  # noqa: E402
 from commands.model import Action, Rules  # noqa: E402
-from gateway.settings import MqttTarget  # noqa: E402
+from kernel.settings import MqttTarget  # noqa: E402
 
 
 def start_stack(workdir: Path):  # type: ignore[no-untyped-def]
-    from gateway.stack import Stack, ensure_installed, free_ports
     from ingest.migrate import migrate
+    from localstack import Stack, ensure_installed, free_ports
 
     ensure_installed(log=print)
     stack = Stack(workdir / "stack", free_ports(), log=lambda _m: None)
@@ -65,7 +65,7 @@ def start_stack(workdir: Path):  # type: ignore[no-untyped-def]
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", *args], env=env, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "fleet.cli", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=_HERE.parent)  # fmt: skip
 
 

@@ -41,9 +41,9 @@ from fleet_harness import (  # noqa: E402
 from hostile import messages  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
-from gateway.config import Endpoints  # noqa: E402
-from gateway.stack import Stack, ensure_installed, free_ports  # noqa: E402
 from ingest.migrate import migrate  # noqa: E402
+from kernel.endpoints import Endpoints  # noqa: E402
+from localstack import Stack, ensure_installed, free_ports  # noqa: E402
 
 HOSTILE_DEVICES = 20
 GOOD_DEVICES = 2

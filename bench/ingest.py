@@ -50,13 +50,14 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from ingest_load import STALL_S, Plan, PubResult, baseline, publish, publish_once  # noqa: E402
 
-from gateway.settings import MqttTarget  # noqa: E402
 from ingest.service import POSITIONS_STREAM  # noqa: E402
 from ingest.store import stored_counts  # noqa: E402
+from kernel import keys  # noqa: E402
+from kernel.settings import MqttTarget  # noqa: E402
 
 POLL_S = 0.05
 WINDOW = 500  # sample keys looked up per poll
-QUEUE_LIMIT = 200_000  # what --drain may queue; the local stack allows 2,000,000 (gateway/stack/mosquitto.py)
+QUEUE_LIMIT = 200_000  # what --drain may queue; the local stack allows 2,000,000 (localstack/mosquitto.py)
 
 # -- observing the database ---------------------------------------------------------------------------
 # By key, as the unique index has it: joining `device_keys` in the same query let the planner pick a
@@ -118,7 +119,7 @@ class Progress:
     series: list[tuple[float, int]] = field(default_factory=list)
 
     def committed(self, client: redis.Redis) -> int:
-        return int(client.hget("fleet:counters", "stored") or 0) - self.start
+        return int(client.hget(keys.COUNTERS, "stored") or 0) - self.start
 
     def watch(self, stop: threading.Event) -> None:
         client = redis.Redis.from_url(self.redis_url)
@@ -203,7 +204,7 @@ def start_servers(workdir: Path) -> Servers:
     if all(env.get(k) for k in ("FLEET_DATABASE_URL", "FLEET_MQTT_URL", "FLEET_REDIS_URL")):
         migrate(env["FLEET_DATABASE_URL"])
         return Servers(env["FLEET_DATABASE_URL"], env["FLEET_MQTT_URL"], env["FLEET_REDIS_URL"], {})
-    from gateway.stack import Stack, ensure_installed, free_ports
+    from localstack import Stack, ensure_installed, free_ports
 
     ensure_installed(log=print)
     stack = Stack(workdir / "stack", free_ports(), log=lambda _m: None)
@@ -213,8 +214,8 @@ def start_servers(workdir: Path) -> Servers:
 
 
 # How a service process is started; bench/session.py puts a gateway on another MQTT client here.
-COMMANDS = {"ingest": [sys.executable, "-m", "gateway.cli", "ingest"],
-            "gateway": [sys.executable, "-m", "gateway.cli", "gateway"]}  # fmt: skip
+COMMANDS = {"ingest": [sys.executable, "-m", "fleet.cli", "ingest"],
+            "gateway": [sys.executable, "-m", "fleet.cli", "gateway"]}  # fmt: skip
 
 
 def spawn(role: str, i: int, servers: Servers, plan: Plan, logs: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -283,8 +284,8 @@ def run_pipeline(plan: Plan, servers: Servers, gateways: int, workers: int, logs
     try:
         progress = Progress(servers.redis_url)
         warm_up(servers, plan, logs)
-        progress.start = int(admit.hget("fleet:counters", "stored") or 0)
-        folded0 = int(admit.hget("fleet:counters", "duplicates") or 0)
+        progress.start = int(admit.hget(keys.COUNTERS, "stored") or 0)
+        folded0 = int(admit.hget(keys.COUNTERS, "duplicates") or 0)
         sink = SampleSink(servers.database_url)
         if drain:
             stop_services(gws)
@@ -321,7 +322,7 @@ def run_pipeline(plan: Plan, servers: Servers, gateways: int, workers: int, logs
             0.8 * total / (t90 - t10) if t90 > t10 else 0.0,
             rows,
             distinct,
-            int(admit.hget("fleet:counters", "duplicates") or 0) - folded0,
+            int(admit.hget(keys.COUNTERS, "duplicates") or 0) - folded0,
             sink,
             cpu,
         )

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from gateway.mqtt_codec import DISCONNECT_PACKET, count_pubacks
-from gateway.settings import MqttTarget
+from kernel.mqtt_codec import DISCONNECT_PACKET, count_pubacks
+from kernel.settings import MqttTarget
 from simulators.wire import connect_packet, open_socket, publish_packet
 
 STALL_S = 30.0  # no progress for this long: stop waiting and report what is missing

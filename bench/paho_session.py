@@ -1,6 +1,6 @@
 """paho-mqtt with manual acknowledgement behind the gateway's session interface, for bench/session.py.
 
-The gateway is written against `gateway.mqtt_session.MqttSession`; this class offers the same methods
+The gateway is written against `kernel.mqtt_session.MqttSession`; this class offers the same methods
 on top of paho 2 (MQTT 5, clean start off, session expiry, receive maximum, `manual_ack=True`), so the
 same gateway loop can run on either and the benchmark compares the MQTT clients alone: messages are
 handed over by paho's network thread and acknowledged with `client.ack()` once the batch is in Redis.
@@ -18,7 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.mqtt_session import Inbound, SessionError
+from kernel.mqtt_session import Inbound, SessionError
 
 
 class PahoSession:

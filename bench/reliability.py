@@ -50,10 +50,10 @@ from fleet_harness import (  # noqa: E402
     wait_gateway_connected,
 )
 
-from gateway.config import Endpoints  # noqa: E402
-from gateway.stack import Stack, ensure_installed, free_ports  # noqa: E402
-from gateway.stack.mosquitto import AUTOSAVE_INTERVAL_S  # noqa: E402
 from ingest.migrate import migrate  # noqa: E402
+from kernel.endpoints import Endpoints  # noqa: E402
+from localstack import Stack, ensure_installed, free_ports  # noqa: E402
+from localstack.mosquitto import AUTOSAVE_INTERVAL_S  # noqa: E402
 
 DEVICES = 10
 RATE = 100.0  # reports per second per device

@@ -1,6 +1,6 @@
 """The gateway's MQTT client, measured where it matters: records/s through the whole pipeline
 (publishers → Mosquitto → gateway → Redis stream → ingest → TimescaleDB) with our bulk MQTT 5 session
-(`gateway/mqtt_session.py`) and with paho-mqtt 2 using manual acknowledgement (`bench/paho_session.py`),
+(`kernel/mqtt_session.py`) and with paho-mqtt 2 using manual acknowledgement (`bench/paho_session.py`),
 the same gateway loop around each.
 
     fleet bench session                          # 100,000 records per run, one run each
@@ -51,11 +51,11 @@ THRESHOLD = 0.8  # paho at 80 % or more of the bulk session's rate: use paho
 
 def serve_gateway(kind: str, mqtt_url: str | None) -> int:
     """A gateway process like `fleet gateway`, on the given MQTT client (and URL, e.g. mqtts://)."""
-    from gateway.config import resolve
-    from gateway.mqtt_session import MqttSession
-    from gateway.process import setup_logging, stop_on_signals
-    from gateway.service import Gateway, gateway_client_id, quiet_collector
-    from gateway.settings import MqttTarget, Settings
+    from gateway.service import Gateway, gateway_client_id
+    from kernel.mqtt_session import MqttSession
+    from kernel.process import quiet_collector, setup_logging, stop_on_signals
+    from kernel.settings import MqttTarget, Settings
+    from localstack.resolve import resolve
 
     setup_logging()
     settings = Settings()

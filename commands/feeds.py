@@ -15,11 +15,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from commands.issue import WAKE_CHANNEL
 from commands.wire import ACKS_STREAM
-from gateway.ratelimit import RateLimitedLog
-from gateway.redis_client import GroupReader
-from gateway.settings import MqttTarget
-from ingest.livestate import LIVE_CHANNEL
-from ingest.store import quarantine_rows
+from kernel.deadletter_store import quarantine_rows
+from kernel.livestate import LIVE_CHANNEL
+from kernel.ratelimit import RateLimitedLog
+from kernel.settings import MqttTarget
+from kernel.streams import GroupReader
 
 log = logging.getLogger(__name__)
 _warn = RateLimitedLog(log)

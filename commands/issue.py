@@ -20,8 +20,8 @@ from commands import store
 from commands.fleetview import observe
 from commands.lifecycle import initial_state
 from commands.model import AUTOMATIC_REASONS, Action, Command, Rules, Vehicle, params_problem
-from gateway import keys
-from ingest.livestate import VEHICLES_KEY
+from kernel import keys
+from kernel.livestate import VEHICLES_KEY
 
 WAKE_CHANNEL = keys.CMD_WAKE_CHANNEL
 TRANSITIONS_CHANNEL = keys.COMMANDS_CHANNEL

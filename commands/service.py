@@ -41,10 +41,10 @@ from commands.lifecycle import Acked, Step, Tick, step
 from commands.model import DESIRED_STATE, PENDING, TERMINAL, Action, Command, Rules, State, Vehicle
 from commands.theftwatch import Raised, TheftWatch
 from commands.wire import ACKS_STREAM, BadAck, command_topic, decode_ack_entry, encode_command, expiry_interval_s
-from gateway.ratelimit import RateLimitedLog
-from gateway.settings import DURABLE_COMMIT, MqttTarget
-from ingest.livestate import LIVE_CHANNEL, ONLINE_KEY, VEHICLES_KEY
-from ingest.store import insert_dead_letters
+from kernel.deadletter_store import insert_dead_letters
+from kernel.livestate import LIVE_CHANNEL, ONLINE_KEY, VEHICLES_KEY
+from kernel.ratelimit import RateLimitedLog
+from kernel.settings import DURABLE_COMMIT, MqttTarget
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ def consumer_name(instance: str | None = None) -> str:
 
 
 def run_commands(mqtt_url: str, redis_url: str, database_url: str, rules: Rules, instance: str | None = None) -> None:
-    from gateway.process import stop_on_signals
+    from kernel.process import stop_on_signals
 
     stop = stop_on_signals()
     CommandService(mqtt_url, redis_url, database_url, rules=rules, consumer=consumer_name(instance)).run(stop)

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from commands.model import Rules, Vehicle
 from commands.theft import Suspicion, Watch, watch
-from gateway import keys
+from kernel import keys
 
 EVENTS_CHANNEL = keys.EVENTS_CHANNEL  # the geofence worker's live channel: one JSON message per event
 THEFT = "theft_suspected"

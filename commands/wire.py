@@ -16,7 +16,7 @@ import orjson
 
 from commands.lifecycle import AckResult
 from commands.model import Command
-from gateway import keys
+from kernel import keys
 
 ACKS_STREAM = keys.CMD_ACKS_STREAM
 VERSION = 1

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from gateway import decoders
-from gateway.deadletters import letter
 from gateway.intake import Intake, Outcome, classify
-from gateway.records import RawMessage
-from gateway.wire import encode_entry
+from kernel.deadletters import letter
+from kernel.records import RawMessage
+from kernel.wire import encode_entry
 
 DETAIL_MAX = 200
 

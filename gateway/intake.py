@@ -6,7 +6,7 @@ raw bytes and a reason), a status/ack update, or an explicit "ignored" count. No
 here, whatever the bytes: the size limit holds on every topic, and an exception no decoder should
 raise becomes a `decoder_error` dead letter and a warning for the shell to log, so one hostile
 device cannot stop the loop for everyone else. Each message leaves at most one dead letter per
-reason (`gateway.deadletters`).
+reason (`kernel.deadletters`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from datetime import datetime
 import orjson
 
 from gateway import decoders
-from gateway.deadletters import DeadLetterBudget, budgeted, fold, letter
 from gateway.decoders.topics import Route
-from gateway.records import DeadLetter, DecodeError, RawMessage, Telemetry
-from gateway.wire import FORMAT, StreamEntry
+from kernel.deadletters import DeadLetterBudget, budgeted, fold, letter
+from kernel.records import DeadLetter, DecodeError, RawMessage, Telemetry
+from kernel.wire import FORMAT, StreamEntry
 
 
 @dataclass(frozen=True, slots=True)

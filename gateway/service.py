@@ -14,7 +14,6 @@ subscription instead. Each needs its own client id (`instance`): it names the pe
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import socket
@@ -27,15 +26,16 @@ from datetime import UTC, datetime
 
 import redis
 
-from gateway import decoders, keys
+from gateway import decoders
 from gateway.guarded_intake import classify_guarded, classify_isolated
 from gateway.intake import Intake, Outcome
-from gateway.mqtt_session import Inbound, MqttSession, SessionError
-from gateway.ratelimit import RateLimitedLog
-from gateway.records import RawMessage
-from gateway.redis_client import stream_client
-from gateway.settings import MqttTarget
-from gateway.wire import FIELD, encode_entry
+from kernel import keys
+from kernel.mqtt_session import Inbound, MqttSession, SessionError
+from kernel.ratelimit import RateLimitedLog
+from kernel.records import RawMessage
+from kernel.settings import MqttTarget
+from kernel.streams import stream_client
+from kernel.wire import FIELD, encode_entry
 
 log = logging.getLogger(__name__)
 
@@ -356,14 +356,6 @@ def subscription_filters(shared: bool) -> tuple[list[tuple[str, int]], list[str]
     return plain, [f for f, _o in share]
 
 
-def quiet_collector() -> None:
-    """For a service process: every message makes a handful of short-lived objects that never form
-    cycles, and at the default threshold (700) the cycle collector ran hundreds of times a second for
-    nothing (about 1 µs a message measured). Collect rarely; freeze what startup created."""
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-
-
 def gateway_client_id(instance: str | None = None) -> str:
     """`fleet-gateway-<instance>`; the instance defaults to `FLEET_GATEWAY_ID`, then the host name.
 
@@ -387,7 +379,7 @@ def run_gateway(
 ) -> int:
     """Entry point for `fleet gateway [--instance ID] [--retire]`: runs until SIGINT/SIGTERM, or with
     `retire` drains and deletes the instance's broker session; returns the process exit code."""
-    from gateway.process import stop_on_signals
+    from kernel.process import quiet_collector, stop_on_signals
 
     stop = stop_on_signals()
     quiet_collector()

@@ -1,7 +1,7 @@
 """A batch of positions as columns: what the ingest worker hands the geofence core once per flush.
 
 Columns rather than records so every later step is one numpy expression over the batch. Units as in
-`gateway.records.Telemetry`: degrees, km/h, and time as float epoch seconds (UTC), which keeps
+`kernel.records.Telemetry`: degrees, km/h, and time as float epoch seconds (UTC), which keeps
 arithmetic on times exact to the microsecond for centuries and costs one conversion at the edge.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.records import Telemetry
 from geofence.errors import BatchError
+from kernel.records import Telemetry
 
 LOCKED, UNLOCKED, LOCK_UNKNOWN = 1, 0, -1
 

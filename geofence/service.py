@@ -33,13 +33,6 @@ import orjson
 import psycopg
 import redis
 
-from gateway import keys
-from gateway.poison import split_refused
-from gateway.ratelimit import RateLimitedLog
-from gateway.records import DeadLetter, Telemetry
-from gateway.redis_client import Entries, GroupReader, Quarantined, stream_client
-from gateway.settings import DURABLE_COMMIT
-from gateway.wire import FIELD, decode_entry
 from geofence import store
 from geofence.batch import PositionBatch
 from geofence.errors import GeofenceError, StateError
@@ -48,7 +41,14 @@ from geofence.transitions import TransitionParams, ZoneEvent, transitions
 from geofence.tripcursor import TripCursor, continue_trips, positions, rollup_since
 from geofence.trips import Trip, TripParams
 from geofence.zoneset import ZoneSet
-from ingest.store import DeadRow, insert_dead_letters, quarantine_rows, refusal
+from kernel import keys
+from kernel.deadletter_store import DeadRow, insert_dead_letters, quarantine_rows, refusal
+from kernel.poison import split_refused
+from kernel.ratelimit import RateLimitedLog
+from kernel.records import DeadLetter, Telemetry
+from kernel.settings import DURABLE_COMMIT
+from kernel.streams import Entries, GroupReader, Quarantined, stream_client
+from kernel.wire import FIELD, decode_entry
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +417,7 @@ def geofence_consumer_name(instance: str | None = None) -> str:
 
 def run_geofence(redis_url: str, database_url: str, instance: str | None = None, batch_entries: int = 100) -> None:
     """Entry point for `fleet geofence`: runs until SIGINT/SIGTERM."""
-    from gateway.process import stop_on_signals
+    from kernel.process import stop_on_signals
 
     stop = stop_on_signals()
     consumer = geofence_consumer_name(instance)

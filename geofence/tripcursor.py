@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 import msgspec
 import numpy as np
 
-from gateway.records import Telemetry
 from geofence.batch import LOCKED, UNLOCKED, PositionBatch
 from geofence.errors import StateError
 from geofence.trips import Trip, TripParams, detect_trips, haversine_m
+from kernel.records import Telemetry
 
 _FORMAT = 1
 _SAME_TIME_S = 5e-7  # datetimes hold microseconds: closer than this is the same instant

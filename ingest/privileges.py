@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 SERVICES = ("ingest", "geofence", "commands", "api")
-ROLE_PREFIX = "fleet_"  # the role of service S is fleet_S (gateway.stack.model.database_role)
+ROLE_PREFIX = "fleet_"  # the role of service S is fleet_S (localstack.model.database_role)
 
 READ = ("SELECT",)
 APPEND = ("INSERT",)

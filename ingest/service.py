@@ -25,27 +25,16 @@ import psycopg
 import redis
 from psycopg import errors
 
-from gateway import keys
-from gateway.poison import Refused
-from gateway.ratelimit import RateLimitedLog
-from gateway.records import DeadLetter, Telemetry
-from gateway.redis_client import Entries, GroupReader, Quarantined, stream_client
-from gateway.settings import DURABLE_COMMIT
-from gateway.wire import FIELD, RECORD_BYTES, decode_entry
-from ingest.livestate import LiveState, latest_patches
-from ingest.store import (
-    DeadRow,
-    DeviceKeys,
-    WritePlan,
-    WriteResult,
-    insert_dead_letters,
-    quarantine_rows,
-    refusal,
-    telemetry_row,
-    telemetry_rows,
-    write_batch,
-    write_refusing,
-)
+from ingest.store import DeviceKeys, WritePlan, WriteResult, telemetry_row, telemetry_rows, write_batch, write_refusing
+from kernel import keys
+from kernel.deadletter_store import DeadRow, insert_dead_letters, quarantine_rows, refusal
+from kernel.livestate import LiveState, latest_patches
+from kernel.poison import Refused
+from kernel.ratelimit import RateLimitedLog
+from kernel.records import DeadLetter, Telemetry
+from kernel.settings import DURABLE_COMMIT
+from kernel.streams import Entries, GroupReader, Quarantined, stream_client
+from kernel.wire import FIELD, RECORD_BYTES, decode_entry
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +299,7 @@ def ingest_consumer_name(instance: str | None = None) -> str:
 def run_ingest(
     redis_url: str, database_url: str, stream_key: str, group: str, batch_entries: int, instance: str | None = None
 ) -> None:
-    from gateway.process import stop_on_signals
-    from gateway.service import quiet_collector
+    from kernel.process import quiet_collector, stop_on_signals
 
     stop = stop_on_signals()
     quiet_collector()

@@ -29,11 +29,9 @@ from operator import itemgetter
 import psycopg
 from psycopg import errors, pq
 
-from gateway.deadletters import storable
-from gateway.poison import Refused, split_refused
-from gateway.records import DeadLetter, Telemetry
-from gateway.redis_client import Quarantined
-from gateway.wire import FIELD
+from kernel.deadletter_store import DeadRow, insert_dead_letters, refusal
+from kernel.poison import Refused, split_refused
+from kernel.records import Telemetry
 
 COLUMNS = (
     "time", "device_id", "device_key", "received_at", "source", "lat", "lon", "altitude_m", "speed_kmh",
@@ -53,11 +51,6 @@ _MERGE = (
     f"INSERT INTO telemetry ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM telemetry_stage"
     " ON CONFLICT (device_key, time) DO NOTHING"
 )
-_DEAD = (
-    "INSERT INTO dead_letters"
-    " (stream_entry, seq, received_at, topic, device_id, reason, detail, payload, count, size, sha256)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +63,6 @@ class WriteResult:
     @property
     def duplicates(self) -> int:
         return self.staged - self.inserted
-
-
-@dataclass(frozen=True, slots=True)
-class DeadRow:
-    """A dead letter with its stream position, so a replayed entry cannot store it twice."""
-
-    stream_entry: str
-    seq: int
-    letter: DeadLetter
 
 
 @dataclass(slots=True)
@@ -178,57 +162,11 @@ def write_batch(
     return result
 
 
-def dead_row(dead: DeadRow) -> tuple[object, ...]:
-    """One dead_letters row, bounded and with text PostgreSQL can hold whatever the letter carries
-    (one from an older gateway, or a corrupt stream entry, may be whole; a detail may quote a NUL)."""
-    d = storable(dead.letter)
-    return (dead.stream_entry, dead.seq, d.received_at, d.topic, d.device_id, d.reason, d.detail, d.payload,
-            d.count, d.size, d.sha256)  # fmt: skip
-
-
-def insert_dead_letters(conn: psycopg.Connection, dead: Sequence[DeadRow]) -> None:
-    """Dead letters, each once per stream position, bounded and with text PostgreSQL can hold
-    (`dead_row`): a dead letter exists to hold what the database would refuse elsewhere."""
-    if not dead:
-        return
-    with conn.cursor() as cur:
-        cur.executemany(_DEAD, [dead_row(d) for d in dead])
-
-
-def quarantine_rows(
-    stream: str, entries: Sequence[Quarantined], now: datetime, *, key_prefix: str = ""
-) -> list[DeadRow]:
-    """One `quarantined` dead letter per worn-out stream entry, with the entry's bytes, keyed by the
-    entry (position 0, as a corrupt entry), so a crash before the stream step stores it once."""
-    return [
-        DeadRow(key_prefix + q.entry_id.decode(), 0, DeadLetter(
-            stream, q.fields.get(FIELD, b""), "quarantined", now, detail=f"delivered {q.deliveries} times, never done"))
-        for q in entries
-    ]  # fmt: skip
-
-
-def refusal(exc: Exception) -> str | None:
-    """The reason a batch was refused for good (data the tables cannot hold), or None when the error
-    is transient or not the data's fault (connection lost, serialization failure: retry as is).
-
-    Dumping a value can fail before the server sees it (psycopg's `DataError` for NUL, `ValueError`
-    or `OverflowError` for a number out of a binary type's range); such an error is the data's too.
-    """
-    if isinstance(exc, errors.UniqueViolation):
-        return None  # the merge path handles duplicates; never a reason to drop a record
-    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
-        state = exc.sqlstate or "client"
-        return f"{state} {exc.diag.message_primary or exc}".strip()
-    if isinstance(exc, ValueError | OverflowError | UnicodeError):
-        return f"client {type(exc).__name__}: {exc}"
-    return None
-
-
 def write_refusing(
     conn: psycopg.Connection, rows: Sequence[tuple[object, ...]], dead: Callable[[list[Refused[int]]], list[DeadRow]]
 ) -> tuple[WriteResult, list[Refused[int]]]:
     """The slow path after `write_batch` met a refusal: one transaction in which the rows are split
-    (`gateway.poison.split_refused`, each try in a savepoint through the merge) until every refused
+    (`kernel.poison.split_refused`, each try in a savepoint through the merge) until every refused
     row stands alone; the rows accepted are stored, `dead(refused)` (the refused rows' dead letters
     plus the batch's own) stored with them. Returns the result and the refused rows' indices."""
     inserted = 0

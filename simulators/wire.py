@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from gateway import mqtt_codec as codec
+from kernel import mqtt_codec as codec
 
 CONNACK, PUBACK = codec.CONNACK, codec.PUBACK
 

@@ -20,11 +20,11 @@ import psycopg
 import pytest
 import redis
 
-from gateway.config import Endpoints
-from gateway.stack import StackUrls
+from kernel.endpoints import Endpoints
+from localstack import StackUrls
 
 if TYPE_CHECKING:
-    from gateway.stack import Stack
+    from localstack import Stack
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +64,7 @@ def local_stack(stack_dir: Path) -> Iterator[Stack | None]:
     if _external() is not None:
         yield None
         return
-    from gateway.stack import Stack, ensure_installed, free_ports
+    from localstack import Stack, ensure_installed, free_ports
 
     ensure_installed(log=lambda _msg: None)
     stack = Stack(stack_dir, free_ports())

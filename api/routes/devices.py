@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field
 from api import keystore
 from api.auth import VIEWER, AdminKey, route_of
 from api.keystore import Actor
-from gateway.broker_admin import BrokerAdminError
-from gateway.registry import DeviceExists, DeviceRegistry, DeviceSpec, RegistryError, UnknownDevice
 from geofence.store import connect
+from provisioning.broker_admin import BrokerAdminError
+from provisioning.registry import DeviceExists, DeviceRegistry, DeviceSpec, RegistryError, UnknownDevice
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 

@@ -7,8 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.auth import PUBLIC_ROUTE
 from api.deps import ConfigDep, RedisDep
-from gateway import keys
 from geofence.store import connect
+from kernel import keys
 
 router = APIRouter(tags=["health"], dependencies=[PUBLIC_ROUTE])
 

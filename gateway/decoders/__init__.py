@@ -31,9 +31,9 @@ from gateway.decoders.control import Ack, decode_ack, decode_status
 from gateway.decoders.json_v1 import decode_json
 from gateway.decoders.nmea import decode_nmea
 from gateway.decoders.owntracks import decode_owntracks
-from gateway.decoders.results import Decoded, Reject
+from gateway.decoders.results import Decoded
 from gateway.decoders.topics import Route, is_device_id, route
-from gateway.records import DecodeError, RawMessage
+from kernel.records import DecodeError, RawMessage, Reject
 
 __all__ = [
     "IGNORED_REASONS",

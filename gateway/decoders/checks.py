@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from gateway.records import DecodeError
+from kernel.deadletters import BAD_CHAR_FREE_TEXT as _BAD_CHAR_FREE_TEXT
+from kernel.records import DecodeError
 
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 """Anything older is a receiver that has not yet learnt the date (GPS epoch 1980, week rollover)."""
@@ -63,7 +64,6 @@ def bounded(name: str, value: N, label: str | None = None) -> N:
 # C0 and C1 control characters (NUL included) and lone surrogates: PostgreSQL `text` refuses NUL,
 # msgpack and UTF-8 refuse surrogates, and none of them is ever part of a fault code or a message.
 _BAD_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_BAD_CHAR_FREE_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def text(name: str, value: str, *, free_text: bool = False) -> str:
@@ -77,14 +77,6 @@ def text(name: str, value: str, *, free_text: bool = False) -> str:
 
 def has_control(value: str) -> bool:
     return _BAD_CHAR.search(value) is not None
-
-
-def printable(value: str) -> str:
-    """The same string with every control character and lone surrogate escaped as `\\xNN`/`\\uNNNN`:
-    for text we keep whatever it holds (dead-letter topics and details), never for device data."""
-    if _BAD_CHAR_FREE_TEXT.search(value) is None:
-        return value
-    return _BAD_CHAR_FREE_TEXT.sub(lambda m: m[0].encode("unicode_escape", "backslashreplace").decode(), value)
 
 
 def finite(name: str, value: float | None) -> float | None:

@@ -15,7 +15,7 @@ import msgspec
 
 from gateway.decoders import checks
 from gateway.decoders.jsonwire import decode_struct
-from gateway.records import DecodeError
+from kernel.records import DecodeError
 
 AckStatus = Literal["ok", "rejected", "error", "unsupported"]
 """`result` of the v1 ack (docs/protocol.md): ok, rejected (refused) or error (tried and failed).

@@ -29,8 +29,8 @@ from msgspec import Meta
 
 from gateway.decoders import checks
 from gateway.decoders.jsonwire import MAX_DEPTH, check_depth, decode_struct
-from gateway.decoders.results import Decoded, Reject
-from gateway.records import DecodeError, Source, Telemetry
+from gateway.decoders.results import Decoded
+from kernel.records import DecodeError, Reject, Source, Telemetry
 
 VERSION = 1
 MAX_RECORDS = 1000
@@ -269,7 +269,7 @@ def _telemetry(rec: Record | Checked, device_id: str, when: datetime) -> Telemet
     """The v1 → `Telemetry` mapping, for a record that passed every rule (either path). A record
     without a fix keeps its state fields but has no position, whatever its lat/lon say."""
     no_fix = rec.fix == 0
-    # Positional, in the field order of gateway.records.Telemetry: keyword arguments cost twice as
+    # Positional, in the field order of kernel.records.Telemetry: keyword arguments cost twice as
     # much on this hot path (2.6 vs 5.2 µs). test_full_single_record_maps_every_field guards the order.
     return Telemetry(
         device_id,

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import msgspec
 
-from gateway.records import DecodeError
+from kernel.records import DecodeError
 
 T = TypeVar("T")
 

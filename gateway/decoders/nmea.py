@@ -37,8 +37,8 @@ from datetime import UTC, datetime, time, timedelta
 
 from gateway.decoders import checks
 from gateway.decoders.nmea_lines import Observation, read_line
-from gateway.decoders.results import Decoded, Reject
-from gateway.records import DecodeError, Source, Telemetry
+from gateway.decoders.results import Decoded
+from kernel.records import DecodeError, Reject, Source, Telemetry
 
 _POSITION_PRIORITY = {"GGA": 0, "RMC": 1, "GLL": 2}
 

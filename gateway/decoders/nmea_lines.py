@@ -17,7 +17,7 @@ from typing import Literal
 
 import pynmea2
 
-from gateway.records import DecodeError
+from kernel.records import DecodeError
 
 Verdict = Literal["valid", "no_fix", "simulated"]
 

@@ -23,7 +23,7 @@ import msgspec
 from gateway.decoders import checks
 from gateway.decoders.jsonwire import decode_struct
 from gateway.decoders.results import Decoded
-from gateway.records import DecodeError, Source, Telemetry
+from kernel.records import DecodeError, Source, Telemetry
 
 
 class Location(msgspec.Struct, frozen=True):

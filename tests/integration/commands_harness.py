@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from commands.issue import CommandRequest, Issued, issue
 from commands.model import Action, Rules, State
 from commands.service import CommandService
-from gateway.config import Endpoints
-from gateway.settings import MqttTarget
+from kernel.endpoints import Endpoints
+from kernel.settings import MqttTarget
 
 FAST = Rules(ack_timeout_s=1.0, backoff=1.5, max_sends=3, park_speed_kmh=3.0, park_s=1.5)
 

@@ -26,15 +26,16 @@ from api import keystore
 from api.app import create_app
 from api.deps import ApiConfig
 from api.keys import Role
-from gateway import decoders, keys
-from gateway.broker_admin import BrokerAdmin
-from gateway.config import Endpoints
+from gateway import decoders
 from gateway.decoders import Decoded
-from gateway.registry import DeviceRegistry, DeviceSpec
 from gateway.service import Gateway, gateway_client_id
-from gateway.settings import MqttTarget
 from ingest.service import IngestWorker
 from ingest.store import stored_counts  # noqa: F401 - the fault tests import it from here
+from kernel import keys
+from kernel.endpoints import Endpoints
+from kernel.settings import MqttTarget
+from provisioning.broker_admin import BrokerAdmin
+from provisioning.registry import DeviceRegistry, DeviceSpec
 
 STREAM = "fleet:ingest"
 
@@ -174,7 +175,7 @@ def spawn_service(
     child_env = {**endpoints.service_env(role, os.environ), **env, variable: instance}
     with (log_dir / f"{role}-{instance}.log").open("ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *command, *args], env=child_env, stdout=log,
+            [sys.executable, "-m", "fleet.cli", *command, *args], env=child_env, stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
 

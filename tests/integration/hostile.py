@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from gateway import decoders
 from gateway.intake import Intake, classify
-from gateway.records import RawMessage
+from kernel.records import RawMessage
 
 MAX_PAYLOAD = 16384
 KINDS = ("telemetry", "nmea", "owntracks", "status", "cmd/ack")

@@ -16,7 +16,7 @@ from api.app import create_app
 from api.auth import PUBLIC, api_routes, route_access
 from api.deps import ApiConfig
 from api.keys import Role
-from gateway.config import Endpoints
+from kernel.endpoints import Endpoints
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,7 @@ def test_writes_are_audited_with_before_and_after_and_paged(clean: Endpoints) ->
 
 
 def test_fleet_keys_commands(clean: Endpoints, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.cli import app
+    from fleet.cli import app
 
     for name, value in clean.env().items():
         monkeypatch.setenv(name, value)
@@ -178,7 +178,7 @@ def test_fleet_keys_commands(clean: Endpoints, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_demo_key_is_admin_and_replaces_the_previous_one(clean: Endpoints) -> None:
-    from gateway.demo import demo_key
+    from fleet.demo import demo_key
 
     first, second = demo_key(clean.database_url), demo_key(clean.database_url)
     with TestClient(create_app(ApiConfig(clean.database_url, clean.redis_url))) as client:
@@ -195,7 +195,7 @@ def test_a_phantom_row_under_a_service_account_name_can_be_deleted(clean: Endpoi
         assert admin.post("/v1/devices/fleet-service/rotate").status_code == 422
         assert admin.delete("/v1/devices/fleet-service").status_code == 204
         assert admin.get("/v1/devices").json() == []
-    from gateway.broker_admin import BrokerAdmin
+    from provisioning.broker_admin import BrokerAdmin
 
     with BrokerAdmin(clean.mqtt_admin_url) as broker:
         assert broker.get_client("fleet-service") is not None

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from fleet_harness import api_client, register
 
 from api.keys import Role
-from gateway.config import Endpoints
+from kernel.endpoints import Endpoints
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from fleet_harness import api_client, device_client
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import Endpoints
-from gateway.settings import MqttTarget
+from kernel.endpoints import Endpoints
+from kernel.settings import MqttTarget
 
 pytestmark = pytest.mark.integration
 

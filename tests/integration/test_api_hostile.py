@@ -15,8 +15,8 @@ from fleet_harness import api_client
 
 from api.auth import api_routes
 from api.inputs import MAX_BODY_BYTES
-from gateway.config import Endpoints
 from geofence.zones import MAX_VERTICES
+from kernel.endpoints import Endpoints
 
 pytestmark = pytest.mark.integration
 

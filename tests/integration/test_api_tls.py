@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fleet_harness import api_key
 
-from gateway.config import Endpoints
+from kernel.endpoints import Endpoints
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def test_the_api_serves_https(endpoints: Endpoints, tmp_path: Path) -> None:
     args = [
         sys.executable,
         "-m",
-        "gateway.cli",
+        "fleet.cli",
         "api",
         "--port",
         str(port),

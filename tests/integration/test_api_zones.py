@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from fleet_harness import api_client
 
-from gateway.config import Endpoints
+from kernel.endpoints import Endpoints
 
 pytestmark = pytest.mark.integration
 

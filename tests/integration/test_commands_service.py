@@ -24,7 +24,7 @@ from commands_harness import (
 from fleet_harness import register, scalar, services, stop_service, wait_for
 
 from commands.model import Action, State
-from gateway.config import Endpoints
+from kernel.endpoints import Endpoints
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from fleet_harness import register, services, wait_for
 
 from commands.model import Action, State
 from commands.service import CommandService
-from gateway.config import Endpoints
-from gateway.settings import MqttTarget
+from kernel.endpoints import Endpoints
+from kernel.settings import MqttTarget
 from simulators.config import CommandHabit, SimConfig, device_ids
 from simulators.faults import FaultConfig
 from simulators.fleet import SimSummary, run_fleet

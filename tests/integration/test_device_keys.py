@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from conftest import Endpoints
 
-from gateway.records import Source, Telemetry
 from ingest.migrate import available, migrate
 from ingest.store import DeviceKeys, WritePlan, telemetry_rows, write_batch
+from kernel.records import Source, Telemetry
 
 BASE = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -13,8 +13,8 @@ from fleet_harness import device_client, publish_all, register, scalar, services
 
 import gateway.service
 from gateway import decoders
-from gateway.config import Endpoints
-from gateway.records import RawMessage
+from kernel.endpoints import Endpoints
+from kernel.records import RawMessage
 
 pytestmark = pytest.mark.integration
 

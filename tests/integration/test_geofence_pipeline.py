@@ -17,12 +17,12 @@ import redis
 from fastapi.testclient import TestClient
 from fleet_harness import api_client, device_client, publish_all, register, services, wait_for
 
-from gateway.config import Endpoints
-from gateway.records import Source, Telemetry
-from gateway.wire import FIELD, FORMAT, StreamEntry, encode_entry
 from geofence import service
 from geofence.service import EVENTS_CHANNEL, POSITIONS_STREAM, STATE_KEY, GeofenceWorker
 from geofence.state import DeviceState
+from kernel.endpoints import Endpoints
+from kernel.records import Source, Telemetry
+from kernel.wire import FIELD, FORMAT, StreamEntry, encode_entry
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ import pytest
 import redis
 from fleet_harness import STREAM, scalar, stored_counts, wait_for
 
-from gateway.config import Endpoints
-from gateway.records import DeadLetter, Source, Telemetry
-from gateway.redis_client import MAX_DELIVERIES, QUARANTINE_STREAM
-from gateway.wire import FIELD, FORMAT, StreamEntry, encode_entry
 from ingest.service import IngestWorker
+from kernel.endpoints import Endpoints
+from kernel.records import DeadLetter, Source, Telemetry
+from kernel.streams import MAX_DELIVERIES, QUARANTINE_STREAM
+from kernel.wire import FIELD, FORMAT, StreamEntry, encode_entry
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,9 @@ from fleet_harness import (
     wait_gateway_connected,
 )
 
-from gateway.config import Endpoints
-from gateway.deadletters import MAX_PAYLOAD, PER_MINUTE
+from kernel import keys
+from kernel.deadletters import MAX_PAYLOAD, PER_MINUTE
+from kernel.endpoints import Endpoints
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +161,7 @@ def test_the_dollar_amplifier_is_one_dead_letter_with_a_count_and_others_are_una
         assert sha == hashlib.sha256(joined).digest()
     counters = redis.Redis.from_url(endpoints.redis_url)
     try:
-        dropped = counters.hget("fleet:counters", "dead_dropped:bad_schema")
+        dropped = counters.hget(keys.COUNTERS, "dead_dropped:bad_schema")
     finally:
         counters.close()
     assert int(dropped or 0) == floods - PER_MINUTE

@@ -17,12 +17,13 @@ import redis
 from fleet_harness import stop_service, wait_for
 from psycopg import errors
 
-from gateway import keys
-from gateway.config import Endpoints
-from gateway.records import DeadLetter, Source, Telemetry
 from ingest import privileges
 from ingest.migrate import apply_privileges, migrate, public_tables
-from ingest.store import DeadRow, DeviceKeys, WritePlan, telemetry_rows, write_batch
+from ingest.store import DeviceKeys, WritePlan, telemetry_rows, write_batch
+from kernel import keys
+from kernel.deadletter_store import DeadRow
+from kernel.endpoints import Endpoints
+from kernel.records import DeadLetter, Source, Telemetry
 
 pytestmark = pytest.mark.integration
 
@@ -200,7 +201,7 @@ def geofence_process(own: Endpoints, tmp_path: Path) -> Iterator[subprocess.Pope
     env = {**own.service_env("geofence", os.environ), "FLEET_GEOFENCE_ID": "priv-test"}
     assert "FLEET_DATABASE_URL" in env and "fleet_geofence" in env["FLEET_DATABASE_URL"]
     with (tmp_path / "geofence.log").open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "geofence"], env=env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "geofence"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
     try:
         yield proc

@@ -33,10 +33,10 @@ from fleet_harness import (
     wait_gateway_connected,
 )
 
-from gateway.config import Endpoints
-from gateway.stack import Stack, ensure_installed, free_ports
 from ingest.migrate import migrate
 from ingest.service import IngestWorker
+from kernel.endpoints import Endpoints
+from localstack import Stack, ensure_installed, free_ports
 
 pytestmark = pytest.mark.integration
 

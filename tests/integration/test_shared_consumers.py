@@ -28,9 +28,9 @@ from fleet_harness import (
     wait_gateway_connected,
 )
 
-from gateway.config import Endpoints
-from gateway.records import Source, Telemetry
 from ingest.store import DeviceKeys, WritePlan, telemetry_rows, write_batch
+from kernel.endpoints import Endpoints
+from kernel.records import Source, Telemetry
 
 pytestmark = pytest.mark.integration
 

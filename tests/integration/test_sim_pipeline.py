@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from fleet_harness import register, scalar, services, stored_counts, wait_for
 
-from gateway.config import Endpoints
-from gateway.settings import MqttTarget
+from kernel.endpoints import Endpoints
+from kernel.settings import MqttTarget
 from simulators.config import SimConfig, device_ids
 from simulators.faults import FaultConfig
 from simulators.fleet import run_fleet

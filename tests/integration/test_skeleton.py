@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from fleet_harness import api_client, device_client, publish_all, register, scalar, services, wait_for
 
-from gateway.config import Endpoints
+from kernel.endpoints import Endpoints
 
 pytestmark = pytest.mark.integration
 

@@ -26,11 +26,12 @@ import pytest
 import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker_admin import BrokerAdmin, BrokerAdminError
-from gateway.settings import MqttTarget
-from gateway.stack import DeviceCredentials, Ports, Stack, StackError, StackUrls, ensure_installed, free_ports
-from gateway.stack.mosquitto import OPEN_FILES
-from gateway.stack.procs import descendants, nofile_limit
+from kernel.settings import MqttTarget
+from localstack import Ports, Stack, StackError, StackUrls, ensure_installed, free_ports
+from localstack.mosquitto import OPEN_FILES
+from localstack.procs import descendants, nofile_limit
+from provisioning.broker_admin import BrokerAdmin, BrokerAdminError
+from provisioning.credentials import DeviceCredentials
 
 pytestmark = pytest.mark.integration
 WAIT_S = 5.0
@@ -333,7 +334,7 @@ def test_stack_up_prints_no_password_and_says_where_they_are(stack: Stack) -> No
     env |= {"FLEET_MQTT_PORT": str(stack.ports.mqtt), "FLEET_POSTGRES_PORT": str(stack.ports.postgres),
             "FLEET_REDIS_PORT": str(stack.ports.redis), "FLEET_MQTTS_PORT": str(stack.ports.mqtts)}  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "stack", "up", "--state-dir", str(stack.state_dir)],
+        [sys.executable, "-m", "fleet.cli", "stack", "up", "--state-dir", str(stack.state_dir)],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     output = done.stdout + done.stderr
@@ -399,7 +400,7 @@ def test_down_leaves_no_process_and_up_keeps_the_data(stack: Stack, urls: StackU
     workers = [pid for leader in pids.values() for pid in descendants(leader)]
     assert len(workers) >= 4  # PostgreSQL's checkpointer, writers, launchers...
     # stopped from another process, as `fleet stack down` would
-    code = f"from pathlib import Path; from gateway.stack import Stack; Stack(Path({str(stack.state_dir)!r})).down()"
+    code = f"from pathlib import Path; from localstack import Stack; Stack(Path({str(stack.state_dir)!r})).down()"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert not any(s.running for s in stack.status().values())
     assert not [pid for pid in [*pids.values(), *workers] if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]

@@ -15,12 +15,12 @@ import orjson
 import pytest
 from fleet_harness import device_client, publish_all, register, scalar, services, stored_counts, wait_for
 
-from gateway.config import Endpoints
-from gateway.settings import MqttTarget
-from gateway.stack import free_ports, procs
-from gateway.stack.install import find_binaries
-from gateway.stack.model import Credentials
-from gateway.stack.mosquitto import Mosquitto, connack_code
+from kernel.endpoints import Endpoints
+from kernel.settings import MqttTarget
+from localstack import free_ports, procs
+from localstack.install import find_binaries
+from localstack.model import StackSecrets
+from localstack.mosquitto import Mosquitto, connack_code
 from simulators.config import SimConfig, device_ids
 from simulators.fleet import run_fleet
 from simulators.load import run_load
@@ -89,7 +89,7 @@ def test_with_the_plain_listener_off_only_tls_answers(tmp_path: Path) -> None:
     ports = free_ports()
     (tmp_path / "run").mkdir()
     (tmp_path / "logs").mkdir()
-    credentials = Credentials.generate()
+    credentials = StackSecrets.generate()
     broker = Mosquitto(tmp_path, ports.mqtt, find_binaries(), credentials, tls_port=ports.mqtts, plain=False)
     broker.start(lambda _m: None)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from fleet.cli import app
 
 COMMANDS = ["migrate", "gateway", "ingest", "geofence", "api", "simulate", "demo", "stack", "devices", "bench",
             "keys", "commands"]  # fmt: skip
@@ -18,8 +18,8 @@ def test_every_documented_command_exists(command: str) -> None:
 
 
 def test_the_demo_starts_only_commands_that_exist() -> None:
-    from gateway.demo import _services
-    from gateway.settings import Settings
+    from fleet.demo import _services
+    from kernel.settings import Settings
 
     for _name, args in _services(Settings(), 10):
         command = args[:2] if args[0] == "commands" else args[:1]

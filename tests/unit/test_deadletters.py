@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.deadletters import MAX_PAYLOAD, DeadLetterBudget, budgeted, fold, letter, storable
 from gateway.decoders import Reject
-from gateway.records import DeadLetter
+from kernel.deadletters import MAX_PAYLOAD, DeadLetterBudget, budgeted, fold, letter, storable
+from kernel.records import DeadLetter
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

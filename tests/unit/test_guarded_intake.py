@@ -11,8 +11,8 @@ import orjson
 from gateway import decoders
 from gateway.guarded_intake import classify_guarded, classify_isolated
 from gateway.intake import Intake
-from gateway.records import RawMessage, Source, Telemetry
-from gateway.wire import encode_entry
+from kernel.records import RawMessage, Source, Telemetry
+from kernel.wire import encode_entry
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

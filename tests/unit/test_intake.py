@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import decoders
-from gateway.deadletters import MAX_PAYLOAD, DeadLetterBudget
 from gateway.intake import Intake, classify
-from gateway.records import RawMessage
-from gateway.wire import FORMAT, RECORD_BYTES, StreamEntry, decode_entry, encode_entry
+from kernel.deadletters import MAX_PAYLOAD, DeadLetterBudget
+from kernel.records import RawMessage
+from kernel.wire import FORMAT, RECORD_BYTES, StreamEntry, decode_entry, encode_entry
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 INTAKE = Intake(decode=decoders.decode, max_payload=16384, future_tolerance_s=300, known=frozenset({"bike-1"}))

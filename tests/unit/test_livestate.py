@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.geojson import feature_collection
-from gateway.records import Source, Telemetry
-from ingest.livestate import _FIELDS, latest_patches
+from kernel.livestate import _FIELDS, latest_patches
+from kernel.records import Source, Telemetry
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import mqtt_codec as codec
-from gateway.mqtt_codec import MalformedPacket
-from gateway.mqtt_session import MqttSession, SessionError
+from kernel import mqtt_codec as codec
+from kernel.mqtt_codec import MalformedPacket
+from kernel.mqtt_session import MqttSession, SessionError
 
 MAX = 1 << 20
 
@@ -201,8 +201,8 @@ def test_the_session_raises_only_session_error_on_any_stream(stream: bytes, data
 
 def test_the_codec_is_pure() -> None:
     code = (
-        "import sys, gateway.mqtt_codec; "
+        "import sys, kernel.mqtt_codec; "
         "print(','.join(m for m in ('socket', 'ssl', 'asyncio', 'paho', 'select') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "", f"gateway.mqtt_codec imports {out}"
+    assert out == "", f"kernel.mqtt_codec imports {out}"

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import mqtt_codec as codec
-from gateway import mqtt_session
-from gateway.mqtt_codec import encode_varint
-from gateway.mqtt_session import MAX_PACKET_BYTES, MqttSession, SessionError
-from gateway.stack import tls
+from kernel import mqtt_codec as codec
+from kernel import mqtt_session
+from kernel.mqtt_codec import encode_varint
+from kernel.mqtt_session import MAX_PACKET_BYTES, MqttSession, SessionError
+from localstack import tls
 
 Script = Callable[[socket.socket], None]
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.poison import max_calls, split_refused
+from kernel.poison import max_calls, split_refused
 
 
 class Refusal(Exception):
@@ -76,7 +76,7 @@ def test_the_split_and_the_guarded_intake_import_no_io_library() -> None:
 
     forbidden = ["asyncio", "aiomqtt", "paho", "psycopg", "redis", "socket"]
     code = (
-        "import sys, gateway.poison, gateway.guarded_intake\n"
+        "import sys, kernel.poison, gateway.guarded_intake\n"
         f"print(','.join(m for m in {forbidden!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

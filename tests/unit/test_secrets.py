@@ -13,13 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import Endpoints, resolve
-from gateway.secretfile import create_private, write_private
-from gateway.settings import MqttTarget, Settings, redact
-from gateway.stack import Credentials, Ports
-from gateway.stack.model import DATABASE_SERVICES, database_role
-from gateway.stack.redis_acl import SERVICE_RULES, acl_config, password_digest
 from ingest import privileges
+from kernel.endpoints import Endpoints
+from kernel.secretfile import create_private, write_private
+from kernel.services import DATABASE_SERVICES, database_role
+from kernel.settings import MqttTarget, Settings, redact
+from localstack import Ports, StackSecrets
+from localstack.redis_acl import SERVICE_RULES, acl_config, password_digest
+from localstack.resolve import resolve
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=8, max_size=40)
 
@@ -85,8 +86,8 @@ def test_redis_acl_file_holds_digests_and_every_service_has_rules() -> None:
         assert " -@all " in line and "~*" not in line and "+@all" not in line and "flushdb" not in line
 
 
-def _endpoints_for(tmp_path: Path, **env: str) -> tuple[Endpoints, Credentials]:
-    credentials = Credentials.load_or_create(tmp_path / "credentials.json")
+def _endpoints_for(tmp_path: Path, **env: str) -> tuple[Endpoints, StackSecrets]:
+    credentials = StackSecrets.load_or_create(tmp_path / "credentials.json")
     settings = Settings(state_dir=tmp_path, **env)  # type: ignore[arg-type]
     return resolve(settings), credentials
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
-from gateway.deadletters import MAX_PAYLOAD
-from gateway.records import DeadLetter, Source, Telemetry
-from ingest.store import COLUMNS, KEY, TYPES, DeadRow, WritePlan, WriteResult, dead_row, telemetry_rows
+from ingest.store import COLUMNS, KEY, TYPES, WritePlan, WriteResult, telemetry_rows
+from kernel.deadletter_store import DeadRow, dead_row
+from kernel.deadletters import MAX_PAYLOAD
+from kernel.records import DeadLetter, Source, Telemetry
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

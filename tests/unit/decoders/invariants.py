@@ -8,7 +8,7 @@ import math
 from datetime import UTC, datetime, timedelta
 
 from gateway.decoders import REASONS, Decoded, is_device_id
-from gateway.records import Source, Telemetry
+from kernel.records import Source, Telemetry
 
 FUTURE_LIMIT = timedelta(hours=25)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)

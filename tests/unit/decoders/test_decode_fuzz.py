@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from invariants import check_decoded
 
 from gateway.decoders import REASONS, decode, decode_ack, decode_status, route
-from gateway.records import DecodeError, RawMessage
+from kernel.records import DecodeError, RawMessage
 
 NOW = datetime(2025, 6, 1, 12, 0, 30, tzinfo=UTC)
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,7 @@ import pytest
 from invariants import check_decoded
 
 from gateway.decoders import Decoded, decode
-from gateway.records import DecodeError, RawMessage, Source
+from kernel.records import DecodeError, RawMessage, Source
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 TOPIC = "fleet/bike-0042/telemetry"

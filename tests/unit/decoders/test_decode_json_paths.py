@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gateway.decoders import json_v1
 from gateway.decoders.json_v1 import _decode_fast, decode_json, decode_json_exact
-from gateway.records import DecodeError
+from kernel.records import DecodeError
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 TOLERANCE_S = 300.0

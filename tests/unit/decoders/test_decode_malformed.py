@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.decoders import REASONS, decode
-from gateway.records import DecodeError, RawMessage
+from kernel.records import DecodeError, RawMessage
 
 NOW = datetime(2025, 6, 1, 12, 0, 30, tzinfo=UTC)
 T = "fleet/bike-1/telemetry"

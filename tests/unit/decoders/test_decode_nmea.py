@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from invariants import check_decoded
 
 from gateway.decoders import Decoded, decode
-from gateway.records import DecodeError, RawMessage
+from kernel.records import DecodeError, RawMessage
 
 NOW = datetime(2025, 6, 1, 12, 0, 30, tzinfo=UTC)
 TOPIC = "fleet/tracker-7/nmea"

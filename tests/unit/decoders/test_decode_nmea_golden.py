@@ -19,7 +19,7 @@ import pytest
 from invariants import check_decoded
 
 from gateway.decoders import Decoded, decode
-from gateway.records import RawMessage, Source, Telemetry
+from kernel.records import RawMessage, Source, Telemetry
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "nmea-gpsd"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)  # after every capture, so no fix is "in the future"

@@ -10,7 +10,7 @@ import pytest
 from invariants import check_decoded
 
 from gateway.decoders import IGNORED_REASONS, Decoded, decode
-from gateway.records import DecodeError, RawMessage, Source
+from kernel.records import DecodeError, RawMessage, Source
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 TST = 1748779100  # 2025-06-01T11:58:20Z

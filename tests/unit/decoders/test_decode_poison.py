@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gateway.decoders import Decoded, decode, decode_ack
 from gateway.decoders.checks import BOUNDS
 from gateway.decoders.jsonwire import MAX_DEPTH, check_depth
-from gateway.records import DecodeError, RawMessage
+from kernel.records import DecodeError, RawMessage
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 TS = (NOW - timedelta(seconds=5)).isoformat()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.decoders import Ack, Route, decode_ack, decode_status, route
-from gateway.records import DecodeError
+from kernel.records import DecodeError
 
 ACK_ID = "3f1c2a9e-8d5b-4c71-9a0e-2b6f4d8e1c07"
 

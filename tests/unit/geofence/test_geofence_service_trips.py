@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.records import Source, Telemetry
 from geofence.batch import PositionBatch
 from geofence.errors import StateError
 from geofence.tripcursor import TripCursor, continue_trips, positions, rollup_since
 from geofence.trips import Trip, TripParams, detect_trips
+from kernel.records import Source, Telemetry
 
 LAT0 = 52.5
 KX = 111_320.0 * math.cos(math.radians(LAT0))

@@ -240,7 +240,7 @@ def test_zone_kinds_cover_the_issue() -> None:
 def test_batch_from_decoded_telemetry() -> None:
     from datetime import UTC, datetime
 
-    from gateway.records import Source, Telemetry
+    from kernel.records import Source, Telemetry
 
     at = datetime(2026, 11, 23, 12, tzinfo=UTC)
     records = [

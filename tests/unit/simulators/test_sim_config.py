@@ -10,7 +10,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from gateway.mqtt_codec import count_pubacks, encode_varint
+from kernel.mqtt_codec import count_pubacks, encode_varint
 from simulators.config import CommandHabit, SimConfig, SimConfigError, device_ids, report_interval, role
 from simulators.encode import Format
 from simulators.load import LoadError, _check, _Share, payloads

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gateway.decoders import IGNORED_REASONS, decode
-from gateway.records import DecodeError, RawMessage
+from kernel.records import DecodeError, RawMessage
 from simulators.city import City
 from simulators.config import SimConfig, report_message, role
 from simulators.encode import encode_json, encode_json_batches

@@ -7,7 +7,10 @@ import itertools
 
 import pytest
 
-from gateway.stack import Credentials, DeviceCredentials, dynsec
+from localstack import StackSecrets
+from localstack.mosquitto import initial_config
+from provisioning import dynsec
+from provisioning.credentials import DeviceCredentials
 
 
 def salts() -> itertools.cycle[bytes]:
@@ -65,7 +68,7 @@ def test_adding_a_device_binds_its_client_id_and_its_own_role() -> None:
 
 
 def test_a_new_broker_denies_everything_not_granted() -> None:
-    config = dynsec.initial_config(Credentials("p", "r", "s", "c", "a"), lambda: bytes(12))
+    config = initial_config(StackSecrets("p", "r", "s", "c", "a"), lambda: bytes(12))
     assert config["defaultACLAccess"] == {
         "publishClientSend": False,
         "publishClientReceive": False,
@@ -81,7 +84,7 @@ def test_a_new_broker_denies_everything_not_granted() -> None:
 
 
 def test_offline_registration_adds_and_rekeys_devices() -> None:
-    base = dynsec.initial_config(Credentials("p", "r", "s", "c", "a"), lambda: bytes(12))
+    base = initial_config(StackSecrets("p", "r", "s", "c", "a"), lambda: bytes(12))
     salt = salts()
     two = [DeviceCredentials("b1", "one"), DeviceCredentials("b2", "two")]
     first, count = dynsec.with_devices(base, two, salt.__next__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.stack import StackError, install
-from gateway.stack.install import AptSource, deb_src_lines, install_commands, parse_deb822, parse_one_line
+from localstack import StackError, install
+from localstack.install import AptSource, deb_src_lines, install_commands, parse_deb822, parse_one_line
 
 # /etc/apt/sources.list.d/debian.sources as Debian 12 container images ship it
 DEBIAN_SOURCES = """Types: deb

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import MqttTarget
-from gateway.stack import Credentials, Ports, StackError, free_ports
-from gateway.stack.model import DATABASE_SERVICES, SERVICES
+from kernel.services import DATABASE_SERVICES, SERVICES
+from kernel.settings import MqttTarget
+from localstack import Ports, StackError, StackSecrets, free_ports
 
 
 def test_default_ports_avoid_the_system_services() -> None:
@@ -31,9 +31,9 @@ def test_free_ports_are_three_different_ports() -> None:
 
 def test_credentials_are_created_once_private_and_kept(tmp_path: Path) -> None:
     path = tmp_path / "credentials.json"
-    first = Credentials.load_or_create(path)
+    first = StackSecrets.load_or_create(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert Credentials.load_or_create(path) == first
+    assert StackSecrets.load_or_create(path) == first
     secrets = [first.postgres, first.redis, first.mqtt_service, first.mqtt_commands, first.mqtt_admin,
                *first.database_roles.values(), *first.redis_users.values()]  # fmt: skip
     assert len(set(secrets)) == 5 + len(DATABASE_SERVICES) + len(SERVICES)
@@ -47,10 +47,10 @@ def test_an_older_credentials_file_gets_the_service_accounts_and_keeps_its_passw
     old = {"postgres": "pg", "redis": "rd", "mqtt_service": "s", "mqtt_commands": "c", "mqtt_admin": "a"}
     path.write_text(json.dumps(old))
     path.chmod(0o600)
-    upgraded = Credentials.load_or_create(path)
+    upgraded = StackSecrets.load_or_create(path)
     assert (upgraded.postgres, upgraded.redis, upgraded.mqtt_admin) == ("pg", "rd", "a")
     assert set(upgraded.database_roles) == set(DATABASE_SERVICES)
-    assert Credentials.load_or_create(path) == upgraded  # written back, not generated again
+    assert StackSecrets.load_or_create(path) == upgraded  # written back, not generated again
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -58,12 +58,12 @@ def test_a_damaged_credentials_file_is_an_error_not_a_reset(tmp_path: Path) -> N
     path = tmp_path / "credentials.json"
     path.write_text('{"postgres": "x"}')
     with pytest.raises(StackError, match="damaged"):
-        Credentials.load_or_create(path)
+        StackSecrets.load_or_create(path)
     assert path.read_text() == '{"postgres": "x"}'
 
 
 def test_urls_carry_the_accounts_and_parse_back() -> None:
-    creds = Credentials("pg-pw", "redis-pw", "svc-pw", "cmd-pw", "adm-pw", {"ingest": "ing-pw"}, {"gateway": "gw-pw"})
+    creds = StackSecrets("pg-pw", "redis-pw", "svc-pw", "cmd-pw", "adm-pw", {"ingest": "ing-pw"}, {"gateway": "gw-pw"})
     urls = creds.urls(Ports(mqtt=1, postgres=2, redis=3))
     assert urls.database_url == "postgresql://fleet:pg-pw@127.0.0.1:2/fleet"
     assert urls.redis_url == "redis://:redis-pw@127.0.0.1:3/0"
@@ -78,7 +78,7 @@ def test_urls_carry_the_accounts_and_parse_back() -> None:
 
 
 def test_a_service_does_not_rewrite_an_older_credentials_file_but_says_what_to_run(tmp_path: Path) -> None:
-    from gateway.stack import Stack
+    from localstack import Stack
 
     path = tmp_path / "credentials.json"
     old = '{"postgres": "pg", "redis": "rd", "mqtt_service": "s", "mqtt_commands": "c", "mqtt_admin": "a"}'

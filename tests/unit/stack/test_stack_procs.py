@@ -8,13 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.mqtt_codec import decode_varint
-from gateway.stack import procs
-from gateway.stack.mosquitto import connect_packet
-from gateway.stack.mosquitto import render_config as mosquitto_config
-from gateway.stack.postgres import render_config as postgres_config
-from gateway.stack.redis_acl import acl_config
-from gateway.stack.redis_server import render_config as redis_config
+from kernel.mqtt_codec import decode_varint
+from localstack import procs
+from localstack.mosquitto import connect_packet
+from localstack.mosquitto import render_config as mosquitto_config
+from localstack.postgres import render_config as postgres_config
+from localstack.redis_acl import acl_config
+from localstack.redis_server import render_config as redis_config
 
 IGNORE_TERM = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"

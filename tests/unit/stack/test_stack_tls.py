@@ -11,8 +11,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from gateway.settings import MqttTarget, with_ca_file
-from gateway.stack import tls
+from kernel.settings import MqttTarget, with_ca_file
+from localstack import tls
 
 
 def load(path: Path) -> x509.Certificate:

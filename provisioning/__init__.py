@@ -1,0 +1,1 @@
+"""Device provisioning: the registry of devices and their broker accounts (Mosquitto dynamic security)."""

@@ -441,5 +441,19 @@ def bench_commands(ctx: typer.Context) -> None:
     _run_bench("commands", ctx.args)
 
 
+# -- subscriptions: the notify service and the bulk import (subscriptions/notify_cli.py, import_cli.py)
+from subscriptions.import_cli import import_file  # noqa: E402 - kept in this one block
+from subscriptions.notify_cli import app as notify_app  # noqa: E402
+
+app.add_typer(notify_app, name="notify")
+app.command("import")(import_file)
+
+
+@bench_app.command("reminders", context_settings=_PASS_THROUGH)
+def bench_reminders(ctx: typer.Context) -> None:
+    """Reminders for 5,000 devices of 2,000 customers: scheduled, rendered and handed to an SMTP server."""
+    _run_bench("reminders", ctx.args)
+
+
 if __name__ == "__main__":
     app()

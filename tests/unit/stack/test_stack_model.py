@@ -10,7 +10,7 @@ import pytest
 
 from gateway.settings import MqttTarget
 from gateway.stack import Credentials, Ports, StackError, free_ports
-from gateway.stack.model import DATABASE_SERVICES, SERVICES
+from gateway.stack.model import DATABASE_SERVICES, REDIS_SERVICES
 
 
 def test_default_ports_avoid_the_system_services() -> None:
@@ -36,8 +36,8 @@ def test_credentials_are_created_once_private_and_kept(tmp_path: Path) -> None:
     assert Credentials.load_or_create(path) == first
     secrets = [first.postgres, first.redis, first.mqtt_service, first.mqtt_commands, first.mqtt_admin,
                *first.database_roles.values(), *first.redis_users.values()]  # fmt: skip
-    assert len(set(secrets)) == 5 + len(DATABASE_SERVICES) + len(SERVICES)
-    assert set(first.database_roles) == set(DATABASE_SERVICES) and set(first.redis_users) == set(SERVICES)
+    assert len(set(secrets)) == 5 + len(DATABASE_SERVICES) + len(REDIS_SERVICES)
+    assert set(first.database_roles) == set(DATABASE_SERVICES) and set(first.redis_users) == set(REDIS_SERVICES)
     assert not any(secret in repr(first) for secret in secrets)
 
 

@@ -1,0 +1,197 @@
+"""The notify service (`fleet notify serve`): queues reminders on time and delivers the outbox.
+
+One loop, three duties:
+- the reminder scheduler runs at the next due moment (`reminders.next_due`), and at least every
+  `RESCHEDULE_S` so that renewals and new subscriptions are seen without a signal from their writers;
+- the staff digest is queued once a day at `digest_time` UTC;
+- due outbox rows (from this service, the lockout engine, the webhooks) are claimed with
+  FOR UPDATE SKIP LOCKED under a lease and delivered; a NOTIFY on `fleet_outbox` wakes it at once.
+
+Between two claims it sleeps until the earliest of those moments; it does not poll faster.
+
+Delivery window (docs/subscriptions.md "Sender"): a row is committed `sending` before it is handed to
+the mail server and `sent` right after the server's 250. A crash before the handover resends it when
+the lease ends (nothing lost); a crash in the milliseconds between the 250 and the commit sends it
+again (at least once), with the same Message-ID so a receiver can tell.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+
+import psycopg
+
+from gateway.ratelimit import RateLimitedLog
+from subscriptions import outbox_store, schedule_store
+from subscriptions.channels import DeliveryError, EmailSender, SmsGateway, sms_gateway
+from subscriptions.outbox_store import OutboxRow
+from subscriptions.settings import NotifySettings
+
+log = logging.getLogger(__name__)
+
+RESCHEDULE_S = 60.0  # longest time before subscription changes are looked at again
+MAX_WAIT_S = 30.0  # longest sleep (a missed NOTIFY costs at most this)
+RETRY_S = 2.0  # after a refused database call
+
+
+@dataclass(slots=True)
+class NotifyStats:
+    queued: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    skipped: int = 0
+    digests: int = 0
+
+
+def backoff(attempts: int, first_s: float, max_s: float) -> timedelta:
+    """first, 2×first, 4×first, ... capped: 8 tries span about 2 hours with the defaults' cap of 6 h."""
+    return timedelta(seconds=min(max_s, first_s * 2 ** max(0, attempts - 1)))
+
+
+class NotifyService:
+    def __init__(self, database_url: str, settings: NotifySettings, *, sms: SmsGateway | None = None) -> None:
+        self.settings = settings
+        self._database_url = database_url
+        self.email = EmailSender(settings)
+        self.sms = sms or sms_gateway(settings)
+        self.stats = NotifyStats()
+        self._warn = RateLimitedLog(log)
+        self._conn: psycopg.Connection | None = None
+        self._listen: psycopg.Connection | None = None
+        self._next_schedule = datetime.min.replace(tzinfo=UTC)
+        self._next_digest = _next_daily(datetime.now(UTC), settings.digest_time, today=True)
+        self._ready = threading.Event()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    self._round(stop)
+                except psycopg.Error as exc:
+                    self._warn.warning("db", "notify: database refused a round, retrying: %s", exc)
+                    self._close_db()
+                    stop.wait(RETRY_S)
+        finally:
+            self.email.close()
+            self._close_db()
+
+    def _db(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._database_url, autocommit=True, application_name="fleet notify")
+            self._listen = psycopg.connect(self._database_url, autocommit=True, application_name="fleet notify")
+            self._listen.execute(f"LISTEN {schedule_store.OUTBOX_CHANNEL}")
+        return self._conn
+
+    def _close_db(self) -> None:
+        for conn in (self._conn, self._listen):
+            if conn is not None:
+                conn.close()
+        self._conn = self._listen = None
+
+    def _round(self, stop: threading.Event) -> None:
+        conn = self._db()
+        now = datetime.now(UTC)
+        if now >= self._next_schedule:
+            self.run_scheduler(now)
+        if self.settings.staff_email and now >= self._next_digest:
+            if outbox_store.queue_digest(conn, self.settings.staff_email, now, now - timedelta(days=1)):
+                self.stats.digests += 1
+            self._next_digest = _next_daily(now, self.settings.digest_time)
+        self._ready.set()
+        if self.deliver_due(stop) >= self.settings.batch:
+            return  # more may be waiting: claim again at once
+        self._sleep(stop)
+
+    def run_scheduler(self, now: datetime) -> int:
+        queued, nxt = schedule_store.queue_due(self._db(), now, self.settings.offsets, self.settings.send_time)
+        self.stats.queued += queued
+        if queued:
+            log.info("notify: %d messages queued", queued)
+        soon = now + timedelta(seconds=RESCHEDULE_S)
+        self._next_schedule = min(nxt, soon) if nxt else soon
+        return queued
+
+    def deliver_due(self, stop: threading.Event | None = None) -> int:
+        """Claim one batch of due rows and deliver it; returns how many were claimed."""
+        conn = self._db()
+        lease = timedelta(seconds=self.settings.lease_s)
+        rows = outbox_store.claim(conn, datetime.now(UTC), self.settings.batch, lease)
+        for row in rows:
+            if stop is not None and stop.is_set():
+                outbox_store.release(conn, [r.id for r in rows if r.id >= row.id])  # back to the queue at once
+                break
+            self._deliver(conn, row)
+        return len(rows)
+
+    def _deliver(self, conn: psycopg.Connection, row: OutboxRow) -> None:
+        if row.kind in ("reminder", "overdue") and (why := outbox_store.stale(conn, row.id)):
+            outbox_store.skip(conn, row.id, why)
+            self.stats.skipped += 1
+            self._next_schedule = datetime.now(UTC)  # its still-valid items are queued again at once
+            return
+        try:
+            if row.channel == "email":
+                self.email.send(row)
+            else:
+                self.sms.send(row.recipient, row.body_text, row.idempotency_key)
+        except DeliveryError as exc:
+            now = datetime.now(UTC)
+            if exc.permanent or row.attempts >= self.settings.max_attempts:
+                outbox_store.mark_failed(conn, row.id, str(exc), now)
+                self.stats.failed += 1
+                self._warn.warning("failed", "notify: %s %s to %s failed for good: %s", row.kind, row.channel,
+                                   row.recipient, exc)  # fmt: skip
+            else:
+                at = now + backoff(row.attempts, self.settings.backoff_s, self.settings.max_backoff_s)
+                outbox_store.mark_retry(conn, row.id, str(exc), at)
+                self.stats.retried += 1
+            return
+        outbox_store.mark_sent(conn, row.id, datetime.now(UTC))
+        self.stats.sent += 1
+
+    def _sleep(self, stop: threading.Event) -> None:
+        conn = self._db()
+        now = datetime.now(UTC)
+        row = conn.execute("SELECT min(next_at) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()
+        moments = [self._next_schedule, now + timedelta(seconds=MAX_WAIT_S)]
+        if row and row[0] is not None:
+            moments.append(row[0])
+        if self.settings.staff_email:
+            moments.append(self._next_digest)
+        wait = max(0.0, (min(moments) - now).total_seconds())
+        self._wait_notify(stop, wait)
+
+    def _wait_notify(self, stop: threading.Event, wait: float) -> None:
+        """Sleep up to `wait` seconds, in slices short enough to see `stop`, or until a NOTIFY."""
+        listen = self._listen
+        deadline = datetime.now(UTC) + timedelta(seconds=wait)
+        while not stop.is_set() and listen is not None:
+            left = (deadline - datetime.now(UTC)).total_seconds()
+            if left <= 0:
+                return
+            ready, _, _ = select.select([listen.fileno()], [], [], min(left, 0.5))
+            if ready and any(True for _ in listen.notifies(timeout=0)):
+                return
+
+
+def _next_daily(now: datetime, at: time, *, today: bool = False) -> datetime:
+    """The next `at` (a UTC time of day) after `now`; with `today`, today's even if it passed."""
+    moment = datetime.combine(now.date(), at, UTC)
+    if today:
+        return moment
+    return moment if moment > now else moment + timedelta(days=1)
+
+
+def run_notify(database_url: str, settings: NotifySettings) -> None:
+    from gateway.process import stop_on_signals
+
+    stop = stop_on_signals()
+    NotifyService(database_url, settings).run(stop)

@@ -48,7 +48,7 @@ def run_once(state_dir: StateDir = None) -> None:
         queued = service.run_scheduler(datetime.now(UTC))
         claimed = service.deliver_due(threading.Event())
     finally:
-        service.email.close()
+        service.close()
     s = service.stats
     console.print(f"queued {queued}, claimed {claimed}: sent {s.sent}, retried {s.retried}, failed {s.failed}, "
                   f"skipped {s.skipped}")  # fmt: skip

@@ -70,6 +70,11 @@ class NotifyService:
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
 
+    def close(self) -> None:
+        """Close the mail and database connections (`run` does this itself when it stops)."""
+        self.email.close()
+        self._close_db()
+
     def run(self, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
@@ -80,8 +85,7 @@ class NotifyService:
                     self._close_db()
                     stop.wait(RETRY_S)
         finally:
-            self.email.close()
-            self._close_db()
+            self.close()
 
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:

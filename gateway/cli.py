@@ -175,7 +175,11 @@ def api(
         console.print("[red]HTTPS needs both a certificate and its key (--tls-cert and --tls-key)[/red]")
         raise typer.Exit(2)
     endpoints = resolve(settings, service="api")
-    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs)
+    from subscriptions.settings import WebhookSettings
+
+    hooks = WebhookSettings()
+    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs,
+                       webhook_secret=hooks.shared_secret(), webhook_tolerance_s=hooks.tolerance_s)  # fmt: skip
     uvicorn.run(
         create_app(config),
         host=host or settings.api_host,

@@ -137,9 +137,7 @@ def write_subscriptions(conn: psycopg.Connection, rows: Sequence[ImportRow], now
 
 def write_assignments(conn: psycopg.Connection, rows: Sequence[ImportRow], now: datetime) -> int:
     """Each device onto its subscription: an open assignment elsewhere is closed first (history kept)."""
-    conn.execute(
-        "CREATE TEMPORARY TABLE import_assign (device_id text PRIMARY KEY, ref text NOT NULL) ON COMMIT DROP"
-    )
+    conn.execute("CREATE TEMPORARY TABLE import_assign (device_id text PRIMARY KEY, ref text NOT NULL) ON COMMIT DROP")
     with conn.cursor().copy("COPY import_assign (device_id, ref) FROM STDIN") as copy:
         for r in rows:
             copy.write_row((r.device_id, r.subscription_ref))

@@ -49,8 +49,8 @@ def test_reminder_email_lists_every_device_in_its_table(smtp: tuple[Endpoints, I
     text = msg.get_body(preferencelist=("plain",))
     assert text is not None and f"d-0-2 | Tracker 1 year | {end} | 5 days left" in text.get_content()
     assert msg["To"] == "c0@example.org"
-    items = rows(endpoints, "SELECT offset_days, i.channel, o.state FROM reminder_items i JOIN outbox o ON o.id = i.outbox_id"
-                            " ORDER BY i.channel")  # fmt: skip
+    items = rows(endpoints, "SELECT offset_days, i.channel, o.state FROM reminder_items i"
+                            " JOIN outbox o ON o.id = i.outbox_id ORDER BY i.channel")  # fmt: skip
     assert items == [(5, "email", "sent"), (5, "sms", "sent")]
     # never twice: a second scheduler run (another process, after a restart) queues nothing
     again = notify_service(endpoints, notify_settings(port))
@@ -73,7 +73,8 @@ def test_a_renewal_before_sending_skips_the_reminder(smtp: tuple[Endpoints, Inbo
     finally:
         service.close()
     assert inbox.count() == 0
-    assert rows(endpoints, "SELECT state, last_error FROM outbox") == [("skipped", "renewed or ended before it was sent")] * 2
+    skipped = ("skipped", "renewed or ended before it was sent")
+    assert rows(endpoints, "SELECT state, last_error FROM outbox") == [skipped] * 2
     assert rows(endpoints, "SELECT count(*) FROM reminder_items") == [(0,)]
 
 

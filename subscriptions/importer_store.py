@@ -137,21 +137,19 @@ def write_subscriptions(conn: psycopg.Connection, rows: Sequence[ImportRow], now
 
 def write_assignments(conn: psycopg.Connection, rows: Sequence[ImportRow], now: datetime) -> int:
     """Each device onto its subscription: an open assignment elsewhere is closed first (history kept)."""
-    conn.execute("CREATE TEMPORARY TABLE import_assign (device_id text PRIMARY KEY, ref text NOT NULL) ON COMMIT DROP")
-    with conn.cursor().copy("COPY import_assign (device_id, ref) FROM STDIN") as copy:
-        for r in rows:
-            copy.write_row((r.device_id, r.subscription_ref))
+    pairs = "(SELECT * FROM unnest(%s::text[], %s::text[]) AS p(device_id, ref))"
+    devices, refs = [r.device_id for r in rows], [r.subscription_ref for r in rows]
     conn.execute(
-        "UPDATE subscription_devices d SET released_at = %s FROM import_assign a JOIN subscriptions s"
+        f"UPDATE subscription_devices d SET released_at = %s FROM {pairs} a JOIN subscriptions s"
         " ON s.external_ref = a.ref WHERE d.device_id = a.device_id AND d.released_at IS NULL"
         " AND d.subscription_id <> s.id",
-        (now,),
+        (now, devices, refs),
     )
     cur = conn.execute(
         "INSERT INTO subscription_devices (subscription_id, device_id, assigned_at)"
-        " SELECT s.id, a.device_id, %s FROM import_assign a JOIN subscriptions s ON s.external_ref = a.ref"
+        f" SELECT s.id, a.device_id, %s FROM {pairs} a JOIN subscriptions s ON s.external_ref = a.ref"
         " WHERE NOT EXISTS (SELECT 1 FROM subscription_devices d WHERE d.device_id = a.device_id"
         "                   AND d.released_at IS NULL)",
-        (now,),
+        (now, devices, refs),
     )
     return cur.rowcount

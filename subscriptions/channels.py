@@ -13,14 +13,18 @@ import smtplib
 import ssl
 import urllib.error
 import urllib.request
-from email.message import EmailMessage
-from email.utils import formatdate
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import compat32
+from email.utils import formatdate, parseaddr
 from typing import Protocol
 
 from subscriptions.outbox_store import OutboxRow
 from subscriptions.settings import NotifySettings
 
 log = logging.getLogger(__name__)
+_WIRE = compat32.clone(linesep="\r\n")  # smtplib sends bytes as given: lines must end in CRLF already
 
 
 class DeliveryError(Exception):
@@ -35,17 +39,21 @@ def message_id(row: OutboxRow, domain: str) -> str:
     return f"<{digest}.{row.id}@{domain}>"
 
 
-def email_of(row: OutboxRow, sender: str, domain: str) -> EmailMessage:
-    msg = EmailMessage()
+def email_of(row: OutboxRow, sender: str, domain: str) -> MIMEMultipart | MIMEText:
+    """multipart/alternative (plain text first, then HTML), or plain text alone. Built with the email
+    package's compat32 classes: several times faster than EmailMessage, the same MIME on the wire."""
+    text = MIMEText(row.body_text, "plain", "utf-8")
+    msg: MIMEMultipart | MIMEText = text
+    if row.body_html:
+        msg = MIMEMultipart("alternative")
+        msg.attach(text)
+        msg.attach(MIMEText(row.body_html, "html", "utf-8"))
     msg["From"] = sender
     msg["To"] = row.recipient
-    msg["Subject"] = row.subject
+    msg["Subject"] = Header(row.subject, "utf-8") if not row.subject.isascii() else row.subject
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = message_id(row, domain)
     msg["X-Fleet-Outbox-Id"] = str(row.id)
-    msg.set_content(row.body_text)
-    if row.body_html:
-        msg.add_alternative(row.body_html, subtype="html")
     return msg
 
 
@@ -55,6 +63,7 @@ class EmailSender:
     def __init__(self, settings: NotifySettings) -> None:
         self.settings = settings
         self._smtp: smtplib.SMTP | None = None
+        self._envelope_from = parseaddr(settings.mail_from)[1] or settings.mail_from
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
@@ -75,7 +84,7 @@ class EmailSender:
         try:
             if self._smtp is None:
                 self._smtp = self._connect()
-            self._smtp.send_message(msg)
+            self._smtp.sendmail(self._envelope_from, [row.recipient], msg.as_bytes(policy=_WIRE))
         except smtplib.SMTPRecipientsRefused as exc:
             permanent = all(code >= 500 for code, _ in exc.recipients.values())
             raise DeliveryError(f"recipient refused: {exc.recipients}", permanent=permanent) from None

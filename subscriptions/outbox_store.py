@@ -70,24 +70,27 @@ def mark_failed(conn: psycopg.Connection, row_id: int, error: str, now: datetime
     )
 
 
-def stale(conn: psycopg.Connection, row_id: int) -> str | None:
-    """Why a reminder or overdue notice no longer holds (renewed, canceled, paid), or None if it does.
+def stale(conn: psycopg.Connection, row_ids: list[int]) -> dict[int, str]:
+    """Of these reminder or overdue rows, those that no longer hold, with why (renewed, canceled, paid).
 
     Any item whose subscription moved on makes the whole message stale: it is skipped, and its items
     are deleted, so the still-valid subscriptions in it are queued again in a fresh message."""
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE s.id IS NULL OR s.period_end <> i.period_end OR s.canceled_at IS NOT NULL"
-        "                         OR NOT (s.status = ANY(%s))),"
-        "       count(*) FILTER (WHERE i.offset_days < 0 AND s.payment_state = 'paid')"
-        " FROM reminder_items i LEFT JOIN subscriptions s ON s.id = i.subscription_id WHERE i.outbox_id = %s",
-        (list(VALID), row_id),
-    ).fetchone()
-    moved, paid = row if row else (0, 0)
-    if moved:
-        return "renewed or ended before it was sent"
-    if paid:
-        return "paid before it was sent"
-    return None
+    found = conn.execute(
+        "SELECT i.outbox_id,"
+        "       bool_or(s.id IS NULL OR s.period_end <> i.period_end OR s.canceled_at IS NOT NULL"
+        "               OR NOT (s.status = ANY(%s))),"
+        "       bool_or(i.offset_days < 0 AND s.payment_state = 'paid')"
+        " FROM reminder_items i LEFT JOIN subscriptions s ON s.id = i.subscription_id"
+        " WHERE i.outbox_id = ANY(%s) GROUP BY i.outbox_id",
+        (list(VALID), row_ids),
+    ).fetchall()
+    why = {}
+    for outbox_id, moved, paid in found:
+        if moved:
+            why[outbox_id] = "renewed or ended before it was sent"
+        elif paid:
+            why[outbox_id] = "paid before it was sent"
+    return why
 
 
 def skip(conn: psycopg.Connection, row_id: int, reason: str) -> None:

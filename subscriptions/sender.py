@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
@@ -57,7 +58,9 @@ class NotifyService:
     def __init__(self, database_url: str, settings: NotifySettings, *, sms: SmsGateway | None = None) -> None:
         self.settings = settings
         self._database_url = database_url
-        self.email = EmailSender(settings)
+        self._senders = [EmailSender(settings) for _ in range(settings.workers)]
+        self._pool: ThreadPoolExecutor | None = None  # made on first use, shut down by close()
+        self._counting = threading.Lock()
         self.sms = sms or sms_gateway(settings)
         self.stats = NotifyStats()
         self._warn = RateLimitedLog(log)
@@ -72,7 +75,11 @@ class NotifyService:
 
     def close(self) -> None:
         """Close the mail and database connections (`run` does this itself when it stops)."""
-        self.email.close()
+        for sender in self._senders:
+            sender.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self._close_db()
 
     def run(self, stop: threading.Event) -> None:
@@ -124,42 +131,62 @@ class NotifyService:
         return queued
 
     def deliver_due(self, stop: threading.Event | None = None) -> int:
-        """Claim one batch of due rows and deliver it; returns how many were claimed."""
+        """Claim one batch of due rows and deliver it over `workers` SMTP connections at once;
+        returns how many were claimed."""
         conn = self._db()
         lease = timedelta(seconds=self.settings.lease_s)
         rows = outbox_store.claim(conn, datetime.now(UTC), self.settings.batch, lease)
-        for row in rows:
-            if stop is not None and stop.is_set():
-                outbox_store.release(conn, [r.id for r in rows if r.id >= row.id])  # back to the queue at once
-                break
-            self._deliver(conn, row)
-        return len(rows)
-
-    def _deliver(self, conn: psycopg.Connection, row: OutboxRow) -> None:
-        if row.kind in ("reminder", "overdue") and (why := outbox_store.stale(conn, row.id)):
-            outbox_store.skip(conn, row.id, why)
+        checked = [r.id for r in rows if r.kind in ("reminder", "overdue")]
+        why = outbox_store.stale(conn, checked) if checked else {}
+        for row_id, reason in why.items():
+            outbox_store.skip(conn, row_id, reason)
             self.stats.skipped += 1
             self._next_schedule = datetime.now(UTC)  # its still-valid items are queued again at once
-            return
+        todo = [r for r in rows if r.id not in why]
+        if len(todo) <= 1 or len(self._senders) == 1:
+            self._deliver_all(conn, todo, self._senders[0], stop)
+        else:
+            n = len(self._senders)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(n, thread_name_prefix="notify-send")
+            jobs = [self._pool.submit(self._deliver_all, conn, todo[i::n], self._senders[i], stop) for i in range(n)]
+            for job in jobs:
+                job.result()
+        return len(rows)
+
+    def _deliver_all(
+        self, conn: psycopg.Connection, rows: list[OutboxRow], email: EmailSender, stop: threading.Event | None
+    ) -> None:
+        for i, row in enumerate(rows):
+            if stop is not None and stop.is_set():
+                outbox_store.release(conn, [r.id for r in rows[i:]])  # back to the queue at once
+                return
+            self._deliver(conn, row, email)
+
+    def _deliver(self, conn: psycopg.Connection, row: OutboxRow, email: EmailSender) -> None:
         try:
             if row.channel == "email":
-                self.email.send(row)
+                email.send(row)
             else:
                 self.sms.send(row.recipient, row.body_text, row.idempotency_key)
         except DeliveryError as exc:
             now = datetime.now(UTC)
             if exc.permanent or row.attempts >= self.settings.max_attempts:
                 outbox_store.mark_failed(conn, row.id, str(exc), now)
-                self.stats.failed += 1
+                self._count("failed")
                 self._warn.warning("failed", "notify: %s %s to %s failed for good: %s", row.kind, row.channel,
                                    row.recipient, exc)  # fmt: skip
             else:
                 at = now + backoff(row.attempts, self.settings.backoff_s, self.settings.max_backoff_s)
                 outbox_store.mark_retry(conn, row.id, str(exc), at)
-                self.stats.retried += 1
+                self._count("retried")
             return
         outbox_store.mark_sent(conn, row.id, datetime.now(UTC))
-        self.stats.sent += 1
+        self._count("sent")
+
+    def _count(self, name: str) -> None:
+        with self._counting:
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
 
     def _sleep(self, stop: threading.Event) -> None:
         conn = self._db()

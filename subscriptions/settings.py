@@ -38,6 +38,7 @@ class NotifySettings(BaseSettings):
     max_backoff_s: float = Field(default=6 * 3600.0, gt=0)
     lease_s: float = Field(default=120.0, gt=0)  # a claimed row returns to the queue after this
     batch: int = Field(default=200, ge=1)
+    workers: int = Field(default=4, ge=1, le=64)  # SMTP connections delivering one batch at once
 
     @field_validator("offsets")
     @classmethod

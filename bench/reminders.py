@@ -110,8 +110,12 @@ def bench_reminders(urls, customers: int, devices: int, workdir: Path) -> None: 
         states = dict(conn.execute("SELECT state || '/' || channel, count(*) FROM outbox GROUP BY 1").fetchall())
         items = conn.execute("SELECT count(*) FROM reminder_items").fetchone()[0]  # type: ignore[index]
     print(f"reminders: {devices} devices of {customers} customers -> {queued} messages queued ({items} items)")
-    print(f"  schedule + render + queue {t1 - t0:.2f} s; deliver {t2 - t1:.2f} s "
-          f"({s.sent / (t2 - t1):.0f} msg/s); total {t2 - t0:.2f} s (target <= 30 s)" if (s := service.stats) else "")
+    print(
+        f"  schedule + render + queue {t1 - t0:.2f} s; deliver {t2 - t1:.2f} s "
+        f"({s.sent / (t2 - t1):.0f} msg/s); total {t2 - t0:.2f} s (target <= 30 s)"
+        if (s := service.stats)
+        else ""
+    )
     print(f"  outbox: {states}; failed {service.stats.failed}")
 
 
@@ -137,9 +141,14 @@ def bench_import(urls, stack, n: int, workdir: Path) -> None:  # type: ignore[no
         t2 = time.perf_counter()
     finally:
         registry.close()
-    print(f"import: {n} devices: {report.outcome}; registered {report.devices_registered}, subscriptions "
-          f"{report.subscriptions_written}, assignments {report.assignments_written} in {t1 - t0:.2f} s (target <= 10 s)")
-    print(f"  the same file again: {again.outcome}; written {again.devices_registered + again.customers_written + again.subscriptions_written + again.assignments_written} rows in {t2 - t1:.2f} s")  # noqa: E501
+    print(
+        f"import: {n} devices: {report.outcome}; registered {report.devices_registered}, subscriptions "
+        f"{report.subscriptions_written}, assignments {report.assignments_written} in {t1 - t0:.2f} s "
+        "(target <= 10 s)"
+    )
+    print(
+        f"  the same file again: {again.outcome}; written {again.devices_registered + again.customers_written + again.subscriptions_written + again.assignments_written} rows in {t2 - t1:.2f} s"
+    )  # noqa: E501
 
 
 def main(argv: list[str] | None = None) -> int:

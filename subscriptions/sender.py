@@ -66,6 +66,7 @@ class NotifyService:
         self._warn = RateLimitedLog(log)
         self._conn: psycopg.Connection | None = None
         self._listen: psycopg.Connection | None = None
+        self._workers_db: dict[int, psycopg.Connection] = {}
         self._next_schedule = datetime.min.replace(tzinfo=UTC)
         self._next_digest = _next_daily(datetime.now(UTC), settings.digest_time, today=True)
         self._ready = threading.Event()
@@ -101,11 +102,20 @@ class NotifyService:
             self._listen.execute(f"LISTEN {schedule_store.OUTBOX_CHANNEL}")
         return self._conn
 
+    def _worker_db(self, index: int) -> psycopg.Connection:
+        conn = self._workers_db.get(index)
+        if conn is None or conn.closed:
+            conn = self._workers_db[index] = psycopg.connect(
+                self._database_url, autocommit=True, application_name=f"fleet notify {index}"
+            )
+        return conn
+
     def _close_db(self) -> None:
-        for conn in (self._conn, self._listen):
+        for conn in (self._conn, self._listen, *self._workers_db.values()):
             if conn is not None:
                 conn.close()
         self._conn = self._listen = None
+        self._workers_db = {}
 
     def _round(self, stop: threading.Event) -> None:
         conn = self._db()
@@ -146,10 +156,13 @@ class NotifyService:
         if len(todo) <= 1 or len(self._senders) == 1:
             self._deliver_all(conn, todo, self._senders[0], stop)
         else:
+            # Each worker its own SMTP and database connection: the row is marked sent the moment the
+            # server accepted it, without waiting for another worker's statement.
             n = len(self._senders)
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(n, thread_name_prefix="notify-send")
-            jobs = [self._pool.submit(self._deliver_all, conn, todo[i::n], self._senders[i], stop) for i in range(n)]
+            jobs = [self._pool.submit(self._deliver_all, self._worker_db(i), todo[i::n], self._senders[i], stop)
+                    for i in range(n)]  # fmt: skip
             for job in jobs:
                 job.result()
         return len(rows)

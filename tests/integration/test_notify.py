@@ -107,18 +107,22 @@ def test_two_senders_deliver_each_row_once(smtp: tuple[Endpoints, Inbox, int]) -
     assert rows(endpoints, "SELECT state, count(*) FROM outbox GROUP BY state") == [("sent", 150)]
 
 
+KILL_WORKERS = 2
+
+
 def _spawn(endpoints: Endpoints, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**endpoints.service_env("notify", os.environ), "FLEET_NOTIFY_SMTP_HOST": "127.0.0.1",
            "FLEET_NOTIFY_SMTP_PORT": str(port), "FLEET_NOTIFY_SEND_TIME": "00:00", "FLEET_NOTIFY_LEASE_S": "1",
-           "FLEET_NOTIFY_BATCH": "20"}  # fmt: skip
+           "FLEET_NOTIFY_BATCH": "20", "FLEET_NOTIFY_WORKERS": str(KILL_WORKERS)}  # fmt: skip
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "gateway.cli", "notify", "serve"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 
 def test_kill_9_mid_send_loses_nothing(smtp: tuple[Endpoints, Inbox, int], tmp_path: Path) -> None:
-    """Killed while delivering 400 messages, restarted: every row is sent, each mail arrives once, except
-    at most the one row that was in flight (`sending`) at the kill: the documented at-least-once window."""
+    """Killed while delivering 400 messages, restarted: every row is sent and nothing is lost. A mail
+    arrives twice only if the kill fell between the server's 250 and the commit of `sent`: at most one
+    per SMTP connection (the documented at-least-once window), and with the same Message-ID."""
     endpoints, inbox, port = smtp
     seed(endpoints, 400, 1, timedelta(days=15, hours=1), phone=False)
     proc = _spawn(endpoints, port, tmp_path / "notify.log")
@@ -138,5 +142,5 @@ def test_kill_9_mid_send_loses_nothing(smtp: tuple[Endpoints, Inbox, int], tmp_p
     expected = {f"c{c}@example.org" for c in range(400)}
     assert {m["To"] for m in inbox.messages} == expected, "lost"
     repeats = sum(n - 1 for n in ids.values())
-    assert repeats <= min(1, in_flight), f"{repeats} repeated ({in_flight} in flight at the kill)"
+    assert repeats <= min(KILL_WORKERS, in_flight), f"{repeats} repeated ({in_flight} claimed at the kill)"
     assert len(ids) == 400

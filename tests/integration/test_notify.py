@@ -144,3 +144,27 @@ def test_kill_9_mid_send_loses_nothing(smtp: tuple[Endpoints, Inbox, int], tmp_p
     repeats = sum(n - 1 for n in ids.values())
     assert repeats <= min(KILL_WORKERS, in_flight), f"{repeats} repeated ({in_flight} claimed at the kill)"
     assert len(ids) == 400
+
+
+def test_staff_digest_lists_locked_devices_and_failed_messages(smtp: tuple[Endpoints, Inbox, int]) -> None:
+    endpoints, inbox, port = smtp
+    (sub,) = seed(endpoints, 1, 1, timedelta(days=30))
+    rows(endpoints, "INSERT INTO lockout_decisions (subscription_id, device_id, transition, desired, reason,"
+                    " decided_at) VALUES (%s, 'd-0-0', 'lock:expired:x', 'lock', 'expired', now()) RETURNING id",
+         sub)  # fmt: skip
+    rows(endpoints, "INSERT INTO outbox (idempotency_key, kind, channel, recipient, body_text, state, attempts,"
+                    " last_error, next_at, created_at) VALUES ('k1', 'reminder', 'email', 'gone@example.org', 'x',"
+                    " 'failed', 8, 'SMTP 550: no such user', now(), now()) RETURNING id")  # fmt: skip
+    settings = notify_settings(port, staff_email="staff@example.org", digest_time="00:00")
+    with running(notify_service(endpoints, settings)) as service:
+        wait_for(lambda: inbox.count() >= 1, 15, "digest delivered")
+        assert service.stats.digests == 1
+    (msg,) = inbox.messages
+    assert msg["To"] == "staff@example.org"
+    assert html_rows(msg)[0][0] == "d-0-0" and html_rows(msg)[0][2] == "expired"
+    assert ["reminder", "email", "gone@example.org", "8", "SMTP 550: no such user"] in html_rows(msg)
+    again = notify_service(endpoints, settings)
+    try:  # once a day: a restart queues no second digest
+        assert rows(endpoints, "SELECT count(*) FROM outbox WHERE kind = 'digest'") == [(1,)]
+    finally:
+        again.close()

@@ -3,7 +3,7 @@
 Public in the API-key sense (the shop holds no key) but authenticated by signature: the header
 `Fleet-Signature: t=<unix seconds>,v1=<HMAC-SHA256 hex of "<t>.<raw body>">` with the shared secret
 (`FLEET_WEBHOOK_SECRET_FILE` or `FLEET_WEBHOOK_SECRET`; never logged). Unsigned, badly signed or
-more than 5 minutes old: 401. No secret configured: 503. A duplicate event id: 200 with
+more than 5 minutes old: 401. No secret configured: 404 (the routes are off). A duplicate event id: 200 with
 `"duplicate": true` and nothing changed (the shop stops retrying).
 """
 
@@ -27,14 +27,14 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], dependencies=[PUBLI
 _ANSWERS: dict[int | str, dict[str, Any]] = {
     401: {"description": "unsigned, badly signed, or signed more than 5 minutes ago"},
     422: {"description": "not a valid event, or one naming an unknown plan or subscription"},
-    503: {"description": "no webhook secret configured"},
+    404: {"description": "webhooks are not enabled (no secret configured)"},
 }
 
 
 async def _verified(request: Request, model: type[BaseModel]) -> Any:
     secret: bytes | None = getattr(request.app.state, "webhook_secret", None)
     if not secret:
-        raise HTTPException(503, "webhooks are not configured: set FLEET_WEBHOOK_SECRET_FILE")
+        raise HTTPException(404, "webhooks are not enabled: set FLEET_WEBHOOK_SECRET_FILE")
     body = await request.body()
     tolerance = getattr(request.app.state, "webhook_tolerance_s", 300.0)
     try:

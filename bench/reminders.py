@@ -146,9 +146,9 @@ def bench_import(urls, stack, n: int, workdir: Path) -> None:  # type: ignore[no
         f"{report.subscriptions_written}, assignments {report.assignments_written} in {t1 - t0:.2f} s "
         "(target <= 10 s)"
     )
-    print(
-        f"  the same file again: {again.outcome}; written {again.devices_registered + again.customers_written + again.subscriptions_written + again.assignments_written} rows in {t2 - t1:.2f} s"
-    )  # noqa: E501
+    written = again.devices_registered + again.customers_written + again.subscriptions_written
+    written += again.assignments_written
+    print(f"  the same file again: {again.outcome}; written {written} rows in {t2 - t1:.2f} s")
 
 
 def main(argv: list[str] | None = None) -> int:

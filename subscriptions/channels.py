@@ -138,6 +138,7 @@ class JsonPostSms:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response and its socket
             raise DeliveryError(f"SMS gateway HTTP {exc.code}", permanent=400 <= exc.code < 500 and exc.code not in
                                 (408, 429)) from None  # fmt: skip
         except (urllib.error.URLError, OSError) as exc:

@@ -17,6 +17,7 @@ import pytest
 from fleet_harness import wait_for
 from notify_harness import (
     Inbox,
+    free_port,
     html_rows,
     notify_service,
     notify_settings,
@@ -168,3 +169,42 @@ def test_staff_digest_lists_locked_devices_and_failed_messages(smtp: tuple[Endpo
     with psycopg.connect(endpoints.database_url, autocommit=True) as conn:  # once a day: a restart adds none
         assert not queue_digest(conn, "staff@example.org", datetime.now(UTC), datetime.now(UTC) - timedelta(days=1))
     assert rows(endpoints, "SELECT count(*) FROM outbox WHERE kind = 'digest'") == [(1,)]
+
+
+def test_starttls_and_login_to_the_mail_server(endpoints: Endpoints, tmp_path: Path) -> None:
+    """SMTP with STARTTLS required, a private CA and a login: the way a real mail relay is reached."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from gateway.stack.tls import ensure, tls_files
+
+    truncate(endpoints)
+    files = tls_files(tmp_path)
+    ensure(files, None, datetime.now(UTC))
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(files.server_cert, files.server_key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticate(server: object, session: object, envelope: object, mechanism: str, data: object) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"fleet", b"pw")
+        if isinstance(data, LoginPassword):
+            logins.append((data.login, data.password))
+        return AuthResult(success=ok)
+
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=server_tls, require_starttls=True,
+                            authenticator=authenticate, auth_require_tls=True)  # fmt: skip
+    controller.start()
+    try:
+        seed(endpoints, 1, 2, timedelta(days=1, hours=1), phone=False)
+        settings = notify_settings(port, smtp_security="starttls", smtp_ca_file=str(files.ca_cert),
+                                   smtp_username="fleet", smtp_password="pw")  # fmt: skip
+        with running(notify_service(endpoints, settings)):
+            wait_for(lambda: inbox.count() >= 1, 15, "mail over STARTTLS")
+    finally:
+        controller.stop()
+    assert logins == [(b"fleet", b"pw")]
+    assert [row[0] for row in html_rows(inbox.messages[0])] == ["d-0-0", "d-0-1"]

@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.broker_admin import BrokerAdmin, BrokerAdminError
 from gateway.settings import MqttTarget
 from gateway.stack import DeviceCredentials, Ports, Stack, StackError, StackUrls, ensure_installed, free_ports
+from gateway.stack.model import REDIS_SERVICES
 from gateway.stack.mosquitto import OPEN_FILES
 from gateway.stack.procs import descendants, nofile_limit
 
@@ -369,6 +370,9 @@ def test_each_service_account_logs_in_and_the_owner_is_not_theirs(urls: StackUrl
             with psycopg.connect(own.database_url) as conn:
                 row = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
                 assert row.fetchone() == (f"fleet_{name}", False)
+        if name not in REDIS_SERVICES:
+            assert own.redis_url is None, f"{name} keeps no Redis connection and has no Redis account"
+            continue
         client = redis.Redis.from_url(own.redis_url or "")
         try:
             assert client.ping()

@@ -25,10 +25,12 @@ from api.routes import (
     devices,
     events,
     health,
+    imports,
     keys,
     service_status,
     utilization,
     vehicles,
+    webhooks,
     zones,
 )
 from kernel.livestate import LiveState
@@ -44,6 +46,8 @@ def create_app(config: ApiConfig) -> FastAPI:
         app.state.redis = client
         app.state.live = LiveState(client)
         app.state.registry = None
+        app.state.webhook_secret = config.webhook_secret
+        app.state.webhook_tolerance_s = config.webhook_tolerance_s
         # Key lookups run on every request: a new connection would cost its password exchange each
         # time (about 30 ms here); pooled ones answer in well under a millisecond.
         app.state.auth_pool = ConnectionPool(
@@ -72,7 +76,8 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Fleet gateway", version="0.1.0", lifespan=lifespan, **docs)  # type: ignore[arg-type]
-    for module in (health, vehicles, devices, service_status, zones, events, utilization, commands, keys, audit):
+    for module in (health, vehicles, devices, service_status, zones, events, utilization, commands, keys, audit,
+                   webhooks, imports):  # fmt: skip
         app.include_router(module.router)
     check_declared(app.routes)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

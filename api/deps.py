@@ -20,6 +20,8 @@ class ApiConfig:
     redis_url: str
     mqtt_admin_url: str | None = None
     docs: bool = True  # serve /docs, /redoc and /openapi.json (public: the document holds no secret)
+    webhook_secret: bytes | None = None  # the shop's shared secret (api/routes/webhooks.py); None: 503
+    webhook_tolerance_s: float = 300.0
 
     __repr__ = redacted_repr
 

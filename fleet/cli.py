@@ -175,7 +175,11 @@ def api(
         console.print("[red]HTTPS needs both a certificate and its key (--tls-cert and --tls-key)[/red]")
         raise typer.Exit(2)
     endpoints = resolve(settings, service="api")
-    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs)
+    from subscriptions.settings import WebhookSettings
+
+    hooks = WebhookSettings()
+    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs,
+                       webhook_secret=hooks.shared_secret(), webhook_tolerance_s=hooks.tolerance_s)  # fmt: skip
     uvicorn.run(
         create_app(config),
         host=host or settings.api_host,
@@ -439,6 +443,20 @@ app.add_typer(commands_app, name="commands")
 def bench_commands(ctx: typer.Context) -> None:
     """A burst of lock commands: issue → delivered / confirmed p50 and p99, commands/s, lost."""
     _run_bench("commands", ctx.args)
+
+
+# -- subscriptions: the notify service and the bulk import (fleet/notify_cli.py, import_cli.py)
+from fleet.import_cli import import_file  # noqa: E402 - kept in this one block
+from fleet.notify_cli import app as notify_app  # noqa: E402
+
+app.add_typer(notify_app, name="notify")
+app.command("import")(import_file)
+
+
+@bench_app.command("reminders", context_settings=_PASS_THROUGH)
+def bench_reminders(ctx: typer.Context) -> None:
+    """Reminders for 5,000 devices of 2,000 customers: scheduled, rendered and handed to an SMTP server."""
+    _run_bench("reminders", ctx.args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-SERVICES = ("ingest", "geofence", "commands", "api")
+SERVICES = ("ingest", "geofence", "commands", "api", "notify")
 ROLE_PREFIX = "fleet_"  # the role of service S is fleet_S (localstack.model.database_role)
 
 READ = ("SELECT",)
@@ -59,17 +59,19 @@ TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     # the audit trail is only ever appended to
     "api_keys": {"api": READ_WRITE},
     "audit_log": {"api": READ_APPEND},
-    # subscriptions (migration 0008): the API's admin routes create and change them; the lockout
-    # engine and the reminder sender get their own grants when they arrive as services
-    "customers": {"api": READ_WRITE},
-    "plans": {"api": READ_WRITE},
-    "subscriptions": {"api": READ_WRITE},
-    "subscription_devices": {"api": READ_WRITE},
+    # subscriptions (migration 0008): the API's admin routes, the bulk import and the shop's webhooks
+    # create and change them; the notify service (subscriptions/sender.py) reads them to schedule
+    # reminders, queues them (outbox + reminder_items in one transaction), claims and delivers outbox
+    # rows, and forgets the items of a reminder it skipped (a renewal came first: DELETE)
+    "customers": {"api": READ_WRITE, "notify": READ},
+    "plans": {"api": READ_WRITE, "notify": READ},
+    "subscriptions": {"api": READ_WRITE, "notify": READ},
+    "subscription_devices": {"api": READ_WRITE, "notify": READ},
     "exemptions": {"api": READ_WRITE},
-    "lockout_decisions": {"api": READ_APPEND},
+    "lockout_decisions": {"api": READ_APPEND, "notify": READ},  # the staff digest lists the locks
     "webhook_events": {"api": READ_WRITE},
-    "outbox": {"api": READ_APPEND},
-    "reminder_items": {"api": READ},
+    "outbox": {"api": READ_APPEND, "notify": READ_WRITE},
+    "reminder_items": {"api": READ, "notify": ("SELECT", "INSERT", "DELETE")},
 }
 
 

@@ -23,6 +23,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "geofence": ("database_url", "redis_url"),
     "commands": ("database_url", "redis_url", "mqtt_url"),
     "api": ("database_url", "redis_url"),
+    "notify": ("database_url",),  # the reminder and outbox sender: PostgreSQL and the mail server only
 }
 URL_VARIABLES_SUFFIX = "_URL"
 

@@ -48,3 +48,12 @@ def write_private(path: Path, data: bytes | str, *, owner: tuple[int, int] | Non
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_private(path: Path) -> bytes:
+    """The content of a secret file, refused (PermissionError) when its group or others may read it."""
+    with open(path, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if mode & 0o077:
+            raise PermissionError(f"{path} is readable by others (mode {mode & 0o777:o}): chmod 600 it")
+        return handle.read()

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     commands_redis_url: str | None = None
     api_database_url: str | None = None
     api_redis_url: str | None = None
+    notify_database_url: str | None = None  # the reminder and outbox sender (fleet notify)
     mqtt_commands_url: str | None = None  # the command service's account (fleet-commands)
 
     mqtt_port: int = MQTT_PORT

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.services import DATABASE_SERVICES, SERVICES
+from kernel.services import DATABASE_SERVICES, REDIS_SERVICES
 from kernel.settings import MqttTarget
 from localstack import Ports, StackError, StackSecrets, free_ports
 
@@ -36,8 +36,8 @@ def test_credentials_are_created_once_private_and_kept(tmp_path: Path) -> None:
     assert StackSecrets.load_or_create(path) == first
     secrets = [first.postgres, first.redis, first.mqtt_service, first.mqtt_commands, first.mqtt_admin,
                *first.database_roles.values(), *first.redis_users.values()]  # fmt: skip
-    assert len(set(secrets)) == 5 + len(DATABASE_SERVICES) + len(SERVICES)
-    assert set(first.database_roles) == set(DATABASE_SERVICES) and set(first.redis_users) == set(SERVICES)
+    assert len(set(secrets)) == 5 + len(DATABASE_SERVICES) + len(REDIS_SERVICES)
+    assert set(first.database_roles) == set(DATABASE_SERVICES) and set(first.redis_users) == set(REDIS_SERVICES)
     assert not any(secret in repr(first) for secret in secrets)
 
 

@@ -25,6 +25,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "ingest": ("database_url", "redis_url"),
     "geofence": ("database_url", "redis_url"),
     "commands": ("database_url", "redis_url", "mqtt_url"),
+    "lockout": ("database_url", "redis_url"),
     "api": ("database_url", "redis_url"),
 }
 URL_VARIABLES_SUFFIX = "_URL"

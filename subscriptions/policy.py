@@ -83,6 +83,7 @@ class Outcome:
     status: Status  # what the stored status should read now
     due: Due | None  # the lock owed (None: the subscription allows use)
     notify: frozenset[Channel]  # notices the engine should queue now
+    notify_for: tuple[tuple[datetime, Channel], ...]  # the same, each with the anchor it is about
     decisions: tuple[Decision, ...]
     next_change: datetime | None  # earliest over everything above
 
@@ -144,19 +145,20 @@ def decide(
     options = dues(sub, plan, notices, channels, settings)
     status = status_at(sub, plan, settings, now)
     boundaries = [t for t in _boundaries(sub, plan, settings) if t > now]
-    notify: frozenset[Channel] = frozenset()
+    notify_for: list[tuple[datetime, Channel]] = []
     for d in options:
         if d.missing and now >= d.notify_from:
-            notify |= d.missing
+            notify_for += [(d.anchor, c) for c in sorted(d.missing)]
         elif d.missing:
             boundaries.append(d.notify_from)
+    notify = frozenset(c for _, c in notify_for)
     owed = [d for d in options if now >= d.lock_due]
     if not owed:
         first = min(options, key=lambda d: d.lock_due)
         reason = _allowed_reason(sub, status, first)
         nxt = min(boundaries, default=None)
         decisions = tuple(Decision(d.device_id, Desired.UNLOCK, reason, None, nxt) for d in devices)
-        return Outcome(status, None, notify, decisions, nxt)
+        return Outcome(status, None, notify, tuple(notify_for), decisions, nxt)
     # of the locks owed, the one that can fire first (a lock whose notice is complete before one that waits)
     due = min(owed, key=lambda d: (d.lock_at is None, d.lock_at or d.lock_due, d.cause))
     for d in owed:
@@ -164,7 +166,7 @@ def decide(
             boundaries.append(d.lock_at)
     decisions = tuple(_locking(d, due, now) for d in devices)
     nexts = [d.next_change for d in decisions if d.next_change is not None] + boundaries
-    return Outcome(status, due, notify, decisions, min(nexts, default=None))
+    return Outcome(status, due, notify, tuple(notify_for), decisions, min(nexts, default=None))
 
 
 def _boundaries(sub: Subscription, plan: Plan, settings: PolicySettings) -> list[datetime]:

@@ -20,8 +20,8 @@ DATABASE = "fleet"
 DATABASE_USER = "fleet"  # the owner: creates the schema (migrations); no service connects as it
 
 # The services, each with its own accounts. The gateway keeps no database connection.
-SERVICES = ("gateway", "ingest", "geofence", "commands", "api")
-DATABASE_SERVICES = ("ingest", "geofence", "commands", "api")
+SERVICES = ("gateway", "ingest", "geofence", "commands", "lockout", "api")
+DATABASE_SERVICES = ("ingest", "geofence", "commands", "lockout", "api")
 REDIS_SERVICES = SERVICES
 
 

@@ -39,8 +39,8 @@ def _lapsed(admin: TestClient, subs: Endpoints) -> str:
     now = datetime.now(UTC)
     end = now - timedelta(days=1)
     made = admin.post("/v1/subscriptions", json={
-        "customer_id": customer.json()["id"], "plan_id": "courier-monthly", "start": (end - timedelta(days=30)).isoformat(),
-        "end": end.isoformat(), "devices": ["bike-1"],
+        "customer_id": customer.json()["id"], "plan_id": "courier-monthly",
+        "start": (end - timedelta(days=30)).isoformat(), "end": end.isoformat(), "devices": ["bike-1"],
     })  # fmt: skip
     assert made.status_code == 201, made.text
     with psycopg.connect(subs.database_url, autocommit=True) as conn:

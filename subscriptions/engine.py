@@ -21,18 +21,18 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import psycopg
 import redis
 
-from commands.model import Rules
+from commands.model import Action, Rules
 from gateway.ratelimit import RateLimitedLog
 from gateway.settings import DURABLE_COMMIT
 from subscriptions import lockout_store as ls
 from subscriptions.model import Channel, Customer
-from subscriptions.policy import Desired, Outcome, PolicySettings, decide
+from subscriptions.policy import Desired, DeviceView, Outcome, PolicySettings, decide
 from subscriptions.store import CHANNEL
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,12 @@ MAX_WAIT_S = 0.5  # longest sleep between looks at the stop flag
 RETRY_S = 1.0
 BATCH = 2000  # subscriptions evaluated per transaction
 COLLECT_S = 0.01  # after the first notification, how long to gather more into the same round
+# A lock or unlock whose command ended so (the device stayed offline, or never answered, for the
+# command's time to live) is issued again; one canceled or superseded by a person is left as it is.
+RETRY_STATES = frozenset({"expired", "failed"})
+WATCHED_STATES = frozenset({"queued", "waiting_for_park", "sent", "delivered"})
+COMMAND_LOOK_S = timedelta(seconds=5)
+COMMAND_RETRY_S = timedelta(seconds=60)
 
 
 @dataclass(slots=True)
@@ -174,7 +180,7 @@ class LockoutEngine:
             customer = ctx.customers[sub.customer_id]
             devices = tuple(ctx.devices.get(sid, ()))
             out = decide(sub, ctx.plans[sub.plan_id], devices, ctx.notices[sid], customer.channels, self.policy, now)
-            self._schedule(sid, out.next_change)
+            self._schedule(sid, _earliest(out.next_change, _command_ends(devices, ctx.last, now)))
             if out.status is not sub.status:
                 statuses.append((sid, sub.version, out.status))
             decisions += _new_decisions(sid, out, ctx.last, now)
@@ -185,6 +191,11 @@ class LockoutEngine:
             return
         stored = ls.act(self._conn, self._redis, decisions, notices, statuses, self.rules, now)
         for d, command in stored:
+            if command is not None:  # look again once it may have expired unfinished
+                ttl = timedelta(seconds=self.rules.ttl_for(Action(d.desired), None))
+                self._schedule(
+                    d.subscription_id, _earliest(self._next.get(d.subscription_id), now + ttl + COMMAND_LOOK_S)
+                )
             if d.desired == "lock":
                 self.stats.locks += 1
             elif d.desired == "unlock":
@@ -203,17 +214,39 @@ def _new_decisions(sid: UUID, out: Outcome, last: dict[str, ls.LastDecision], no
         prev = last.get(d.device_id)
         prev_id = prev.id if prev else 0
         locked = prev is not None and prev.desired == "lock"
-        if d.desired is Desired.LOCK and not locked:
+        again = prev is not None and prev.command_state in RETRY_STATES and prev.desired == str(d.desired)
+        why = (
+            f"{d.reason}; the previous {prev.desired} {prev.command_state}: issued again"
+            if again and prev
+            else d.reason
+        )
+        if d.desired is Desired.LOCK and (not locked or again):
             assert out.due is not None and d.cause is not None
-            due_at = out.due.lock_at or out.due.lock_due
-            found.append(ls.NewDecision(sid, d.device_id, f"lock@{prev_id}", "lock", d.reason, due_at, str(d.cause)))
-        elif d.desired is Desired.UNLOCK and locked:
-            found.append(ls.NewDecision(sid, d.device_id, f"unlock@{prev_id}", "unlock", d.reason, now, "renewed"))
+            due_at = now if again else out.due.lock_at or out.due.lock_due
+            found.append(ls.NewDecision(sid, d.device_id, f"lock@{prev_id}", "lock", why, due_at, str(d.cause)))
+        elif d.desired is Desired.UNLOCK and (locked or again):
+            found.append(ls.NewDecision(sid, d.device_id, f"unlock@{prev_id}", "unlock", why, now, "renewed"))
         elif d.desired is Desired.NONE and not locked and out.due is not None:
             kind = d.reason.split(" ", 1)[0] if d.reason.startswith("exempt") else "notice"
             held = f"hold:{d.cause}:{int(out.due.anchor.timestamp())}:{kind}@{prev_id}"
             found.append(ls.NewDecision(sid, d.device_id, held, "none", d.reason, out.due.lock_due))
     return found
+
+
+def _command_ends(devices: tuple[DeviceView, ...], last: dict[str, ls.LastDecision], now: datetime) -> datetime | None:
+    """When the engine's latest command for one of these devices may have ended unfinished: shortly
+    after its expiry (the command service marks it then), or a minute from now if that has passed
+    (the command service is behind or down: no busy loop)."""
+    ends = [p.command_expires for d in devices if (p := last.get(d.device_id)) is not None
+            and p.command_state in WATCHED_STATES and p.command_expires is not None]  # fmt: skip
+    if not ends:
+        return None
+    when = min(ends) + COMMAND_LOOK_S
+    return when if when > now else now + COMMAND_RETRY_S
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _notice(sid: UUID, customer: Customer, channel: Channel, anchor: datetime) -> ls.OverdueNotice:

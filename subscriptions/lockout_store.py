@@ -36,6 +36,8 @@ class LastDecision:
     id: int
     subscription_id: UUID
     desired: str  # lock or unlock
+    command_state: str | None = None  # its command's state (None: no command, refused)
+    command_expires: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -120,11 +122,13 @@ def load(
         ctx.devices.setdefault(sid, []).append(DeviceView(device, until, why, device in moving))
     ctx.notices = _notices(conn, ctx.subscriptions, keys)
     for r in conn.execute(
-        "SELECT DISTINCT ON (device_id) device_id, id, subscription_id, desired FROM lockout_decisions"
-        " WHERE device_id = ANY(%s) AND desired <> 'none' ORDER BY device_id, id DESC",
+        "SELECT l.device_id, l.id, l.subscription_id, l.desired, c.state, c.expires_at FROM"
+        " (SELECT DISTINCT ON (device_id) device_id, id, subscription_id, desired, command_id FROM lockout_decisions"
+        "  WHERE device_id = ANY(%s) AND desired <> 'none' ORDER BY device_id, id DESC) l"
+        " LEFT JOIN commands c ON c.id = l.command_id",
         (device_ids,),
     ):
-        ctx.last[r[0]] = LastDecision(r[1], r[2], r[3])
+        ctx.last[r[0]] = LastDecision(r[1], r[2], r[3], r[4], r[5])
     return ctx
 
 

@@ -58,7 +58,9 @@ def give_notice(conn: psycopg.Connection, subs: Sequence[UUID], anchor: datetime
             for s in subs for c in Channel]  # fmt: skip
     conn.cursor().executemany(
         "INSERT INTO outbox (idempotency_key, kind, channel, customer_id, recipient, body_text, state, next_at,"
-        " created_at, sent_at) VALUES (%s, 'overdue', %s, %s, %s, %s, 'sent', %s, %s, %s)",
+        " created_at, sent_at) VALUES (%s, 'overdue', %s, %s, %s, %s, 'sent', %s, %s, %s)"
+        # the engine may have queued it already (it runs while the test creates subscriptions)
+        " ON CONFLICT (idempotency_key) DO UPDATE SET state = 'sent', sent_at = EXCLUDED.sent_at",
         rows,
     )
 

@@ -128,19 +128,41 @@ def test_two_engines_issue_each_lock_once(subs: Endpoints) -> None:
 
 
 def test_kill_9_mid_run_loses_and_repeats_nothing(subs: Endpoints, tmp_path: Path) -> None:
-    devices, start = _many(subs, 300, spread_s=6.0, start_in_s=2.0)
     proc = spawn_service("lockout", subs, "k9", tmp_path)
+    log = tmp_path / "lockout-k9.log"
     try:
-        wait_until(lambda: _now() > start + timedelta(seconds=2) and len(commands_for(subs)) > 0, 20, "first locks")
+        wait_until(lambda: log.exists() and "evaluated on start" in log.read_text(), 30, "the engine's start")
+        devices, _ = _many(subs, 300, spread_s=8.0, start_in_s=1.0)  # created while it runs: NOTIFY
+        wait_until(lambda: len(commands_for(subs)) > 0, 20, "first locks")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         before = len(commands_for(subs))
         assert 0 < before < len(devices), before
-        time.sleep(4.0)  # more come due while it is down
+        time.sleep(3.0)  # more come due while it is down
         assert len(commands_for(subs)) == before
         proc = spawn_service("lockout", subs, "k9", tmp_path)
-        wait_until(lambda: len(commands_for(subs)) >= len(devices), 20, "the catch-up")
+        wait_until(lambda: len(commands_for(subs)) >= len(devices), 30, "the catch-up")
         time.sleep(1.0)
     finally:
         stop_service(proc)
     _once_each(subs, devices)
+
+
+def test_a_lock_that_expired_undelivered_is_issued_again(subs: Endpoints) -> None:
+    from dataclasses import replace
+
+    from commands_harness import FAST, command_service
+
+    from commands.model import DEFAULT_TTL_S, Action
+
+    short = replace(FAST, ttl_s={**DEFAULT_TTL_S, Action.LOCK: 1.5})
+    add_devices(subs, ["bike-1"])  # never online: the lock cannot be delivered
+    now = _now()
+    with psycopg.connect(subs.database_url, autocommit=True) as conn:
+        subscribe(conn, ["bike-1"], now, now, notice_at=now - timedelta(days=4))
+    with command_service(subs), lockout_engine(subs, rules=short):
+        wait_until(lambda: len(commands_for(subs)) == 2, 20, "the lock issued again after it expired")
+    with psycopg.connect(subs.database_url) as conn:
+        states = [r[0] for r in conn.execute("SELECT state FROM commands ORDER BY created_at").fetchall()]
+        reasons = [r[0] for r in conn.execute("SELECT reason FROM lockout_decisions ORDER BY id").fetchall()]
+    assert states[0] == "expired" and "issued again" in reasons[1]

@@ -44,3 +44,17 @@ def test_a_held_lock_is_recorded_once_with_its_reason() -> None:
     assert (
         held.desired == "none" and held.transition.startswith("hold:subscription_expired:") and "notice" in held.reason
     )
+
+
+def test_a_lock_or_unlock_that_expired_unfinished_is_issued_again() -> None:
+    out = decide(SUB, PLAN, BIKES[:1], SENT, BOTH, PolicySettings(), T0 + timedelta(hours=7))
+    expired = {"bike-1": LastDecision(7, SUB.id, "lock", "expired", T0 + timedelta(hours=6))}
+    (again,) = _new_decisions(SUB.id, out, expired, T0 + timedelta(hours=7))
+    assert again.transition == "lock@7" and "issued again" in again.reason
+    canceled = {"bike-1": LastDecision(7, SUB.id, "lock", "canceled", T0 + timedelta(hours=6))}
+    assert _new_decisions(SUB.id, out, canceled, T0 + timedelta(hours=7)) == []  # a person's choice stands
+    renewed = decide(
+        replace(SUB, period_end=T0 + timedelta(days=28)), PLAN, BIKES[:1], SENT, BOTH, PolicySettings(), T0
+    )
+    unlock_lost = {"bike-1": LastDecision(9, SUB.id, "unlock", "failed", T0)}
+    assert [d.transition for d in _new_decisions(SUB.id, renewed, unlock_lost, T0)] == ["unlock@9"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(15)
         stack.down()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     up = Path("/proc/uptime").read_text().split()[0] if Path("/proc/uptime").exists() else "?"
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores,"

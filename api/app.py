@@ -28,6 +28,7 @@ from api.routes import (
     imports,
     keys,
     service_status,
+    subscriptions,
     utilization,
     vehicles,
     webhooks,
@@ -76,8 +77,8 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Fleet gateway", version="0.1.0", lifespan=lifespan, **docs)  # type: ignore[arg-type]
-    for module in (health, vehicles, devices, service_status, zones, events, utilization, commands, keys, audit,
-                   webhooks, imports):  # fmt: skip
+    for module in (health, vehicles, devices, service_status, zones, events, utilization, commands, subscriptions,
+                   keys, audit, webhooks, imports):  # fmt: skip
         app.include_router(module.router)
     check_declared(app.routes)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

@@ -459,5 +459,19 @@ def bench_reminders(ctx: typer.Context) -> None:
     _run_bench("reminders", ctx.args)
 
 
+# -- subscriptions and the lockout engine (fleet/subscriptions_cli.py) ------------------------------------
+from fleet.subscriptions_cli import app as subscriptions_app  # noqa: E402 - kept in this one block
+from fleet.subscriptions_cli import lockout  # noqa: E402
+
+app.add_typer(subscriptions_app, name="subscriptions")
+app.command("lockout")(lockout)
+
+
+@bench_app.command("lockout", context_settings=_PASS_THROUGH)
+def bench_lockout(ctx: typer.Context) -> None:
+    """5,000 subscriptions ending within a minute: expiry → lock command issued p50/p99, missed, duplicates."""
+    _run_bench("lockout", ctx.args)
+
+
 if __name__ == "__main__":
     app()

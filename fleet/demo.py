@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,11 +104,11 @@ def run_demo(settings: Settings, *, devices: int, console: Console) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        logs = _prepare(settings, endpoints, devices, console)
+        logs, ends = _prepare(settings, endpoints, devices, console)
         key = demo_key(endpoints.database_url)
         for name, args in _services(settings, devices):
             children[name] = _spawn(name, args, _child_env(endpoints, name, settings), logs)
-        _announce(settings, devices, logs, key, console)
+        _announce(settings, devices, logs, key, console, ends)
         while not stopping:
             for name, child in children.items():
                 if child.poll() is not None:
@@ -123,7 +124,9 @@ def run_demo(settings: Settings, *, devices: int, console: Console) -> int:
         console.print("stopped.")
 
 
-def _prepare(settings: Settings, endpoints: Endpoints, devices: int, console: Console) -> Path:
+def _prepare(
+    settings: Settings, endpoints: Endpoints, devices: int, console: Console
+) -> tuple[Path, dict[str, datetime]]:
     """Schema, the simulated fleet's accounts (written once, in bulk), the log folder."""
     from ingest.migrate import migrate
     from simulators.config import SimConfig, device_ids
@@ -134,9 +137,23 @@ def _prepare(settings: Settings, endpoints: Endpoints, devices: int, console: Co
     console.print(f"registering {devices} simulated devices…")
     credentials = register_simulated(settings, device_ids(SimConfig(devices=devices)))
     write_private(Path(settings.state_dir) / DEMO_CREDENTIALS, orjson.dumps(credentials))
+    ends = _demo_subscriptions(endpoints, devices, console)
     logs = Path(settings.state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    return logs
+    return logs, ends
+
+
+def _demo_subscriptions(endpoints: Endpoints, devices: int, console: Console) -> dict[str, datetime]:
+    """Customers and subscriptions for the simulated fleet; the JSON bike's and two more end soon."""
+    from simulators.config import SimConfig, device_ids
+    from subscriptions.demo import seed_demo
+
+    ids = device_ids(SimConfig(devices=devices))
+    bike = _json_bike(devices)
+    ending = [bike, *[d for d in ids if d != bike][:2]]
+    ends = seed_demo(endpoints.database_url, ids, ending, datetime.now(UTC))
+    console.print(f"demo subscriptions: {len(ids)}, {len(ends)} ending during the demo")
+    return ends
 
 
 def demo_key(database_url: str) -> str:
@@ -204,6 +221,7 @@ def _services(settings: Settings, devices: int) -> list[tuple[str, list[str]]]:
         ("ingest", ["ingest"]),
         ("geofence", ["geofence", "--instance", "demo"]),
         ("commands", ["commands", "serve", "--instance", "demo"]),
+        ("lockout", ["lockout"]),
         ("api", ["api"]),
         ("simulator", simulate),
     ]
@@ -222,10 +240,16 @@ def _child_env(endpoints: Endpoints, name: str, settings: Settings) -> dict[str,
         )  # fmt: skip
     else:
         env = endpoints.service_env(name, os.environ)
+    if name in ("lockout", "api"):  # the demo's shortened notice period (said on screen)
+        from subscriptions.demo import DEMO_NOTICE_HOURS
+
+        env.setdefault("FLEET_LOCKOUT_NOTICE_HOURS", DEMO_NOTICE_HOURS)
     return {**env, "FLEET_STATE_DIR": str(settings.state_dir)}
 
 
-def _announce(settings: Settings, devices: int, logs: Path, key: str, console: Console) -> None:
+def _announce(
+    settings: Settings, devices: int, logs: Path, key: str, console: Console, ends: dict[str, datetime]
+) -> None:
     scheme = "https" if settings.api_tls_cert and settings.api_tls_key else "http"
     url = f"{scheme}://{settings.api_host}:{settings.api_port}"
     console.print(f"[bold green]Fleet is up[/]: {devices} simulated devices.")
@@ -237,8 +261,23 @@ def _announce(settings: Settings, devices: int, logs: Path, key: str, console: C
     bike = _json_bike(devices)
     console.print(f"  commands: fleet commands send {bike} lock --reason payment_overdue   (waits until it parks)")
     console.print("            fleet commands show ID   ·   fleet commands list   ·   docs/commands.md")
+    _announce_subscriptions(ends.get(bike), bike, console)
     console.print(f"  logs:     {logs}/")
     console.print("Press Ctrl-C to stop.")
+
+
+def _announce_subscriptions(end: datetime | None, bike: str, console: Console) -> None:
+    from subscriptions.demo import DEMO_NOTICE_HOURS
+
+    if end is None:
+        return
+    minutes = max(0.0, (end - datetime.now(UTC)).total_seconds() / 60)
+    console.print(f"  lockout:  {bike}'s subscription ends at {end:%H:%M:%S} UTC (in {minutes:.0f} min): watch it lock")
+    console.print(f"            fleet commands list --device {bike}   ·   fleet subscriptions list --ending-within 1")
+    console.print(f"            then unlock it by renewing: fleet subscriptions renew {bike}")
+    notice_min = float(DEMO_NOTICE_HOURS) * 60
+    console.print(f"            [yellow]demo settings: notice period shortened to {notice_min:.0f} min (default 72 h by"
+                  " email and SMS), notices marked sent at start[/]   ·   docs/subscriptions.md")  # fmt: skip
 
 
 def _json_bike(devices: int) -> str:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-SERVICES = ("ingest", "geofence", "commands", "api", "notify")
-ROLE_PREFIX = "fleet_"  # the role of service S is fleet_S (localstack.model.database_role)
+SERVICES = ("ingest", "geofence", "commands", "lockout", "api", "notify")
+ROLE_PREFIX = "fleet_"  # the role of service S is fleet_S (kernel.services.database_role)
 
 READ = ("SELECT",)
 APPEND = ("INSERT",)
@@ -40,7 +40,7 @@ TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "device_keys": {"ingest": READ_APPEND},
     "dead_letters": {"ingest": APPEND, "geofence": APPEND, "commands": APPEND},  # and what each refuses
     # the device registry (API) and the utilization rollup (geofence: registration dates)
-    "devices": {"api": ALL_ROWS, "geofence": READ, "commands": READ},
+    "devices": {"api": ALL_ROWS, "geofence": READ, "commands": READ, "lockout": READ},
     # zones are edited through the API; the geofence worker follows the catalog version
     "zones": {"api": ALL_ROWS, "geofence": READ},
     "zone_catalog": {"api": ("SELECT", "UPDATE"), "geofence": READ},
@@ -53,25 +53,28 @@ TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "utilization_hourly": {"geofence": ALL_ROWS, "api": ALL_ROWS},
     # commands (migration 0007): the command service moves commands along, the API creates and
     # cancels them; transitions are an append-only log
-    "commands": {"commands": READ_WRITE, "api": READ_WRITE},
-    "command_transitions": {"commands": READ_APPEND, "api": READ_APPEND},
+    # the lockout engine issues its locks and unlocks through commands/issue.py, as the API does
+    "commands": {"commands": READ_WRITE, "api": READ_WRITE, "lockout": READ_WRITE},
+    "command_transitions": {"commands": READ_APPEND, "api": READ_APPEND, "lockout": READ_APPEND},
     # API keys and the audit trail (migration 0006): keys are created and revoked, never deleted;
     # the audit trail is only ever appended to
     "api_keys": {"api": READ_WRITE},
     "audit_log": {"api": READ_APPEND},
     # subscriptions (migration 0008): the API's admin routes, the bulk import and the shop's webhooks
-    # create and change them; the notify service (subscriptions/sender.py) reads them to schedule
+    # create and change them. The lockout engine reads them, moves a subscription's status (grace,
+    # expired), stores its decisions with their command ids, and queues overdue notices (INSERT ... ON
+    # CONFLICT (idempotency_key)). The notify service (subscriptions/sender.py) reads them to schedule
     # reminders, queues them (outbox + reminder_items in one transaction), claims and delivers outbox
     # rows, and forgets the items of a reminder it skipped (a renewal came first: DELETE)
-    "customers": {"api": READ_WRITE, "notify": READ},
-    "plans": {"api": READ_WRITE, "notify": READ},
-    "subscriptions": {"api": READ_WRITE, "notify": READ},
-    "subscription_devices": {"api": READ_WRITE, "notify": READ},
-    "exemptions": {"api": READ_WRITE},
-    "lockout_decisions": {"api": READ_APPEND, "notify": READ},  # the staff digest lists the locks
+    "customers": {"api": READ_WRITE, "lockout": READ, "notify": READ},
+    "plans": {"api": READ_WRITE, "lockout": READ, "notify": READ},
+    "subscriptions": {"api": READ_WRITE, "lockout": READ_WRITE, "notify": READ},
+    "subscription_devices": {"api": READ_WRITE, "lockout": READ, "notify": READ},
+    "exemptions": {"api": READ_WRITE, "lockout": READ},
+    "lockout_decisions": {"api": READ_APPEND, "lockout": READ_WRITE, "notify": READ},  # the digest lists locks
     "webhook_events": {"api": READ_WRITE},
-    "outbox": {"api": READ_APPEND, "notify": READ_WRITE},
-    "reminder_items": {"api": READ, "notify": ("SELECT", "INSERT", "DELETE")},
+    "outbox": {"api": READ_APPEND, "lockout": READ_APPEND, "notify": READ_WRITE},
+    "reminder_items": {"api": READ, "lockout": READ, "notify": ("SELECT", "INSERT", "DELETE")},
 }
 
 

@@ -22,6 +22,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "ingest": ("database_url", "redis_url"),
     "geofence": ("database_url", "redis_url"),
     "commands": ("database_url", "redis_url", "mqtt_url"),
+    "lockout": ("database_url", "redis_url"),
     "api": ("database_url", "redis_url"),
     "notify": ("database_url",),  # the reminder and outbox sender: PostgreSQL and the mail server only
 }

@@ -13,9 +13,16 @@ COMMANDS_USER = "fleet-commands"
 ADMIN_USER = "fleet-admin"
 
 # The services, each with its own accounts. The gateway keeps no database connection.
-SERVICES = ("gateway", "ingest", "geofence", "commands", "api", "notify")
-DATABASE_SERVICES = ("ingest", "geofence", "commands", "api", "notify")
-REDIS_SERVICES = ("gateway", "ingest", "geofence", "commands", "api")  # the notify service keeps no Redis connection
+SERVICES = ("gateway", "ingest", "geofence", "commands", "lockout", "api", "notify")
+DATABASE_SERVICES = ("ingest", "geofence", "commands", "lockout", "api", "notify")
+REDIS_SERVICES = (
+    "gateway",
+    "ingest",
+    "geofence",
+    "commands",
+    "lockout",
+    "api",
+)  # the notify service keeps no Redis connection
 
 
 def database_role(service: str) -> str:

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     geofence_redis_url: str | None = None
     commands_database_url: str | None = None
     commands_redis_url: str | None = None
+    lockout_database_url: str | None = None
+    lockout_redis_url: str | None = None
     api_database_url: str | None = None
     api_redis_url: str | None = None
     notify_database_url: str | None = None  # the reminder and outbox sender (fleet notify)

@@ -60,6 +60,14 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
         (*_GROUP_READER, *_TRANSACTION, "+hvals", "+hgetall", "+hmget", "+hget", "+subscribe", "+unsubscribe",
          "+publish", "+hincrby"),
     ),
+    "lockout": (
+        # issues locks and unlocks through commands/issue.py: HMGET of live state (the park rule, and
+        # whether a vehicle moves) and the command service's wake-up; subscription changes reach it
+        # by PostgreSQL NOTIFY, not Redis
+        (f"%R~{keys.VEHICLES}",),
+        (keys.CMD_WAKE_CHANNEL,),
+        ("+hmget", "+publish"),
+    ),
     "api": (
         # live map and health read; the device registry admits and evicts devices for the gateway
         (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"~{keys.DEVICES}",

@@ -17,13 +17,14 @@ import csv
 import io
 import re
 import uuid
-from calendar import monthrange
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
+
+from subscriptions.periods import add_months
 
 MAX_ROWS = 100_000
 FIELDS = ("imei", "serial", "customer_ref", "customer_name", "email", "phone", "locale", "plan", "start",
@@ -122,14 +123,6 @@ def luhn_ok(digits: str) -> bool:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
     return total % 10 == 0
-
-
-def add_months(when: datetime, months: int) -> datetime:
-    """The same day `months` later, the month's last day where it has no such day (31 Jan + 1 = 28/29 Feb)."""
-    year, month0 = divmod(when.month - 1 + months, 12)
-    year += when.year
-    day = min(when.day, monthrange(year, month0 + 1)[1])
-    return when.replace(year=year, month=month0 + 1, day=day)
 
 
 def _start(text: str) -> datetime | None:

@@ -1,15 +1,16 @@
-"""The notify service's and the webhooks' settings, from `FLEET_NOTIFY_*` and `FLEET_WEBHOOK_*`
-variables, read by the entry points (never at import)."""
+"""Settings of the subscriptions services, read by the entry points (never at import): the lockout
+policy (`FLEET_LOCKOUT_*`), the notify service (`FLEET_NOTIFY_*`) and the webhooks (`FLEET_WEBHOOK_*`)."""
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from subscriptions.policy import PolicySettings
 from subscriptions.reminders import DEFAULT_OFFSETS, DEFAULT_SEND_TIME
 
 
@@ -63,3 +64,15 @@ class WebhookSettings(BaseSettings):
         if self.secret_file is not None:
             return read_private(self.secret_file).strip()
         return self.secret.get_secret_value().encode() if self.secret else None
+
+
+class LockoutSettings(BaseSettings):
+    """Defaults follow New Jersey's starter-interrupt rules: 72 hours' notice by two channels."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEET_LOCKOUT_", env_file=None, extra="ignore")
+
+    notice_hours: float = Field(default=72.0, ge=0)  # the demo shortens it, and says so
+    channels: int = Field(default=2, ge=0, le=2)
+
+    def policy(self) -> PolicySettings:
+        return PolicySettings(notice=timedelta(hours=self.notice_hours), channels=self.channels)

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import psycopg
 from pydantic import BaseModel, Field
 
-from subscriptions.importer import NAMESPACE, PHONE, SERIAL, add_months
+from subscriptions.importer import NAMESPACE, PHONE, SERIAL
+from subscriptions.periods import add_months
 from subscriptions.render import render_welcome
 
 Ref = Field(min_length=1, max_length=200)

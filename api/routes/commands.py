@@ -20,17 +20,25 @@ from pydantic import BaseModel, Field
 from api import keystore
 from api.auth import VIEWER, OperatorKey, route_of
 from api.deps import ConfigDep, RedisDep
+from api.keys import Role
 from commands import store
 from commands.issue import CommandRefused, CommandRequest, Issued, cancel, issue
 from commands.model import Action, Command, Rules, State, Transition
 from commands.settings import CommandSettings
+from subscriptions.guard import unlock_refusal
+from subscriptions.policy import PolicySettings
+from subscriptions.settings import LockoutSettings
 
 router = APIRouter(tags=["commands"])
 
 REASON = r"^[a-z][a-z0-9_]{0,63}$"
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown device or command"},
-    409: {"description": "refused: a disabled device, an idempotency key reused, a command already delivered"},
+    403: {"description": "override asked by a key below admin"},
+    409: {
+        "description": "refused: a disabled device, an idempotency key reused, a command already delivered,"
+        " an unlock the device's subscription does not allow (an admin may override)"
+    },
     422: {"description": "unknown action, parameters that do not fit it, force on a policy's command"},
 }
 
@@ -42,6 +50,7 @@ class CommandCreate(BaseModel):
     force: bool = Field(default=False, description="an operator's lock that may immobilise a moving vehicle")
     ttl_s: float | None = Field(default=None, gt=0, description="time to live; default per action, capped")
     idempotency_key: str | None = Field(default=None, max_length=200, description="or the Idempotency-Key header")
+    override: bool = Field(default=False, description="admin only: unlock although the subscription does not allow it")
 
 
 class TransitionPublic(BaseModel):
@@ -86,6 +95,13 @@ def _transition(t: Transition) -> TransitionPublic:
     return TransitionPublic(at=t.at, from_state=t.from_state, to_state=t.to_state, actor=t.actor, detail=t.detail)
 
 
+def _policy(request: Request) -> PolicySettings:
+    policy = getattr(request.app.state, "lockout_policy", None)
+    if policy is None:
+        policy = request.app.state.lockout_policy = LockoutSettings().policy()
+    return policy
+
+
 def _rules(request: Request) -> Rules:
     rules = getattr(request.app.state, "command_rules", None)
     if rules is None:
@@ -102,10 +118,21 @@ async def send_command(
     req = CommandRequest(device_id, body.action, f"key:{actor.name}", body.reason, body.params, body.force,
                          body.ttl_s, idempotency_key or body.idempotency_key)  # fmt: skip
     rules = _rules(request)
+    if body.override and actor.role is not Role.ADMIN:
+        raise HTTPException(403, "only an admin may override the subscription's lockout")
+    policy = _policy(request)
 
     def run() -> Issued:
         with psycopg.connect(config.database_url, autocommit=True) as conn:
+            refusal = (
+                unlock_refusal(conn, device_id, policy, datetime.now(UTC)) if body.action is Action.UNLOCK else None
+            )
+            if refusal is not None and not body.override:
+                raise CommandRefused(409, f'{refusal}; an admin may override with "override": true')
             issued = issue(conn, redis, req, rules, datetime.now(UTC))
+            if issued.created and refusal is not None:
+                keystore.record(conn, actor, "command.unlock_override", device_id, {"refusal": refusal},
+                                _public(issued.command).model_dump(mode="json"), route_of(request))  # fmt: skip
             if issued.created:
                 keystore.record(conn, actor, "command.send", device_id, None,
                                 _public(issued.command, issued.superseded).model_dump(mode="json"),

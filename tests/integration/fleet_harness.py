@@ -163,7 +163,8 @@ def scalar(database_url: str, sql: str, *params: object) -> object:
 # -- services as separate processes, devices that keep publishing (reliability tests) ----------------
 # service → (its `fleet` command, the variable that names its instance)
 SERVICE_COMMANDS = {"gateway": (["gateway"], "FLEET_GATEWAY_ID"), "ingest": (["ingest"], "FLEET_INGEST_ID"),
-                    "commands": (["commands", "serve"], "FLEET_COMMANDS_ID")}  # fmt: skip
+                    "commands": (["commands", "serve"], "FLEET_COMMANDS_ID"),
+                    "lockout": (["lockout"], "FLEET_LOCKOUT_ID")}  # fmt: skip
 
 
 def spawn_service(

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from fleet.cli import app
 
 COMMANDS = ["migrate", "gateway", "ingest", "geofence", "api", "simulate", "demo", "stack", "devices", "bench",
-            "keys", "commands"]  # fmt: skip
+            "keys", "commands", "subscriptions", "lockout"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

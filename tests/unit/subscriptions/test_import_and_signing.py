@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from subscriptions.importer import RowError, UnsafeFile, add_months, luhn_ok, parse, validate
+from subscriptions.importer import RowError, UnsafeFile, luhn_ok, parse, validate
+from subscriptions.periods import add_months
 from subscriptions.signing import SignatureError, sign, verify
 
 PLANS = {"tracker-1y": 12, "tracker-2y": 24}

@@ -94,6 +94,7 @@ class _Work:
     rollup_since: float | None = None
     now: float = 0.0
     first_entry: str = ""  # the read's first stream entry: names its refused rows' dead letters
+    positions: int = 0  # positions taken from the read, counted as `geofenced` with the acknowledgement
 
 
 class GeofenceWorker:
@@ -206,6 +207,7 @@ class GeofenceWorker:
             work.first_entry = entries[0][0].decode()
             if self._retry(stop, lambda: self._write(work)) is None:
                 return  # stopping: the entries stay pending and are replayed
+        work.positions = len(batch) + dropped
         if self._retry(stop, lambda: self._commit(work, [eid for eid, _ in entries])) is None:
             return
         self.stats.entries += len(entries)
@@ -310,6 +312,8 @@ class GeofenceWorker:
         pipe.xdel(POSITIONS_STREAM, *ids)
         if work.events:
             pipe.hincrby(COUNTERS, "zone_events", len(work.events))
+        if work.positions:
+            pipe.hincrby(COUNTERS, "geofenced", work.positions)
         pipe.execute()
         return True
 

@@ -119,10 +119,11 @@ class Watch:
         return next((s.at for s in self.series if getattr(s, what) >= n), self.series[-1].at)
 
 
-def spawn_geofence(servers: Servers, plan: Plan, i: int, logs: Path) -> subprocess.Popen[bytes]:
+def spawn_geofence(servers: Servers, plan: Plan, i: int, logs: Path, profile: bool) -> subprocess.Popen[bytes]:
+    profiler = ["-m", "cProfile", "-o", str(logs / f"geofence-{i}.prof")] if profile else []
     with (logs / f"geofence-{i}.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "geofence"], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, *profiler, "-m", "gateway.cli", "geofence"], stdout=log, stderr=subprocess.STDOUT,
             env={**servers.env(), "FLEET_GEOFENCE_ID": f"{plan.prefix}geofence{i}"}, cwd=_HERE.parent,
         )  # fmt: skip
 
@@ -151,7 +152,7 @@ def run(plan: Plan, servers: Servers, args: argparse.Namespace, logs: Path) -> O
         for zone in zones(plan.prefix, plan.seed):
             store.insert_zone(conn, zone)
     ingest = [spawn("ingest", i, servers, plan, logs) for i in range(args.workers)]
-    geo = [spawn_geofence(servers, plan, i, logs) for i in range(args.geofence_workers)]
+    geo = [spawn_geofence(servers, plan, i, logs, args.profile) for i in range(args.geofence_workers)]
     gws = start_gateways(servers, plan, args.gateways, logs)
     try:
         time.sleep(1.5)  # the geofence workers load the zones (polled every second)
@@ -160,7 +161,7 @@ def run(plan: Plan, servers: Servers, args: argparse.Namespace, logs: Path) -> O
         wait_geofenced(admit, watch, logs)
         first = watch.read(admit)
         watch.stored0, watch.geofenced0 = first.stored, first.geofenced
-        cpu0 = {str(p.pid): process_cpu(p.pid) for p in gws + ingest + geo}
+        cpu0 = {**servers.cpu(), **{str(p.pid): process_cpu(p.pid) for p in gws + ingest + geo}}
         stop = threading.Event()
         thread = threading.Thread(target=watch.run, args=(stop,))
         thread.start()
@@ -183,6 +184,7 @@ def run(plan: Plan, servers: Servers, args: argparse.Namespace, logs: Path) -> O
             for name, procs in (("gateway", gws), ("ingest", ingest), ("geofence", geo))
         }
         cpu["publishers"] = sum(r.cpu_s for r in results)
+        cpu.update({k: v - cpu0.get(k, 0.0) for k, v in servers.cpu().items()})
         return Outcome(start, watch, cpu)
     finally:
         stop_services(gws + ingest + geo)
@@ -253,7 +255,7 @@ def report(plan: Plan, args: argparse.Namespace, out: Outcome, busy: float, load
     print(f"  {'per second, steady (10 %-90 %)':34}{i_steady:>20,.0f}{g_steady:>24,.0f}")
     print(f"  {'seconds to the last':34}{i_s:>20.1f}{g_s:>24.1f}")
     print("  backlog over time (committed, not yet geofenced; Redis lag in entries):")
-    series = out.watch.series
+    series = [s for s in out.watch.series if s.at >= out.start] or out.watch.series
     step = max(1, len(series) // 12)
     for s in series[::step] + ([series[-1]] if (len(series) - 1) % step else []):
         print(f"    t={s.at - out.start:6.1f} s  stored {s.stored:>10,}  geofenced {s.geofenced:>10,}  "
@@ -273,7 +275,7 @@ def report(plan: Plan, args: argparse.Namespace, out: Outcome, busy: float, load
     for key in list(extra)[:3]:
         print(f"    extra e.g. {key}")
     parts = "  ".join(f"{k} {v / total * 1e6:.1f}" for k, v in sorted(out.cpu.items()))
-    print(f"  CPU µs/record: {parts}")
+    print(f"  CPU µs/record: {parts}  total {sum(out.cpu.values()) / total * 1e6:.1f}")
     return not lost and not extra and last.geofenced >= total
 
 
@@ -291,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--geofence-workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, stack)")
+    parser.add_argument("--profile", action="store_true", help="run the geofence workers under cProfile")
     args = parser.parse_args(argv)
     if not (1 <= args.devices <= 9999 and args.records >= args.devices and 1 <= args.batch <= 1000):
         parser.error("devices 1..9999, records at least one per device, batch 1..1000")
@@ -306,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         busy = machine_busy()
         out = run(plan, servers, args, workdir / "logs")
         ok = report(plan, args, out, busy, load)
+        if args.profile:
+            import pstats
+
+            pstats.Stats(str(workdir / "logs" / "geofence-0.prof")).sort_stats("cumulative").print_stats(30)
     finally:
         if servers.stack is not None:
             servers.stack.down()  # type: ignore[attr-defined]

@@ -151,6 +151,7 @@ def ingest(
         settings.ingest_group,
         settings.ingest_batch_entries,
         instance,
+        settings.positions_max_bytes,
     )
 
 

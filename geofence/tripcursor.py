@@ -135,7 +135,11 @@ def continue_trips(
         k = bounds[i + 1] - 1
         last = TripCursor(float(t[k]), float(lon[k]), float(lat[k]))
         run_cursor = open_runs.get(device_id)
-        new[device_id] = replace(run_cursor, time=last.time, lon=last.lon, lat=last.lat) if run_cursor else last
+        if run_cursor is not None:  # the constructor, not dataclasses.replace: ten times cheaper per device
+            c = run_cursor
+            last = TripCursor(last.time, last.lon, last.lat, True, c.start, c.start_lon, c.start_lat, c.path_m,
+                              c.reach_m, c.points)  # fmt: skip
+        new[device_id] = last
     return out, new
 
 
@@ -205,15 +209,11 @@ def _stitch(run: Trip, prior: TripCursor | None) -> Trip:
     if prior is None:
         return run
     start = datetime.fromtimestamp(prior.start, UTC)
-    return replace(
-        run,
-        start=start,
-        start_lon=prior.start_lon,
-        start_lat=prior.start_lat,
-        distance_m=prior.path_m + run.distance_m,
-        duration_s=run.end.timestamp() - start.timestamp(),
-        points=prior.points + run.points - 1,
-    )
+    return Trip(
+        run.device_id, start, run.end, prior.start_lon, prior.start_lat, run.end_lon, run.end_lat,
+        prior.path_m + run.distance_m, run.end.timestamp() - start.timestamp(), prior.points + run.points - 1,
+        run.ongoing,
+    )  # fmt: skip
 
 
 def _open(trip: Trip, reach: float) -> TripCursor:

@@ -33,6 +33,7 @@ from gateway.redis_client import Entries, GroupReader, Quarantined, stream_clien
 from gateway.settings import DURABLE_COMMIT
 from gateway.wire import FIELD, RECORD_BYTES, decode_entry
 from ingest.livestate import LiveState, latest_patches
+from ingest.positions import POSITIONS_MAX_BYTES, PositionsHandoff
 from ingest.store import (
     DeadRow,
     DeviceKeys,
@@ -53,7 +54,6 @@ T = TypeVar("T")
 
 BLOCK_MS = 200
 POSITIONS_STREAM = keys.POSITIONS_STREAM  # committed batches, for the geofence/trip worker
-POSITIONS_MAX_BYTES = 512 * 2**20  # what fleet:positions keeps while no geofence worker reads it
 CLAIM_IDLE_MS = 15_000  # an entry pending this long at another consumer is taken over
 CLAIM_CHECK_S = 5.0
 MAX_ROWS = 50_000  # rows per transaction; a read of many large entries is split
@@ -72,6 +72,7 @@ class IngestStats:
     refused: int = 0  # records the database refused for good, dead-lettered
     quarantined: int = 0  # entries that kept failing, moved to the quarantine stream
     failures: int = 0  # unexpected exceptions survived
+    positions_dropped: int = 0  # records trimmed from fleet:positions before geofence processed them
 
 
 @dataclass(slots=True)
@@ -82,7 +83,7 @@ class _Batch:
     dead: list[DeadRow]
     records: list[Telemetry]
     received: list[datetime]
-    committed: list[bytes]  # raw entries with records, handed on to the positions stream
+    committed: list[tuple[bytes, int]]  # raw entries with records and their record count, for geofence
     origins: list[tuple[str, int]]  # (stream entry, record's position in it) of each record
 
 
@@ -97,8 +98,10 @@ class IngestWorker:
         batch_entries: int = 200,
         consumer: str | None = None,
         claim_idle_ms: int = CLAIM_IDLE_MS,
+        positions_max_bytes: int = POSITIONS_MAX_BYTES,
     ) -> None:
         self._redis = stream_client(redis_url)
+        self._handoff = PositionsHandoff(self._redis, positions_max_bytes)
         self._database_url = database_url
         self._conn: psycopg.Connection | None = None
         self._plan = WritePlan()
@@ -185,7 +188,7 @@ class IngestWorker:
                 batch.dead.append(DeadRow(sid, 0, letter))
                 continue
             if entry.records:
-                batch.committed.append(fields[FIELD])
+                batch.committed.append((fields[FIELD], len(entry.records)))
             batch.records.extend(entry.records)
             batch.origins.extend((sid, i) for i in range(len(entry.records)))
             batch.received.extend(entry.received_at)
@@ -257,13 +260,22 @@ class IngestWorker:
     def _ack(self, batch: _Batch, result: WriteResult) -> None:
         """Hand the committed entries on to the geofence stream and acknowledge them, atomically."""
         pipe = self._redis.pipeline(transaction=True)
-        for raw in batch.committed:
-            pipe.xadd(POSITIONS_STREAM, {FIELD: raw}, maxlen=positions_maxlen(len(raw)), approximate=True)
+        if batch.committed:
+            self._handoff.add(pipe, batch.committed)
         pipe.xack(self._stream, self._group, *batch.ids)
         pipe.xdel(self._stream, *batch.ids)
         pipe.hincrby(keys.COUNTERS, "stored", result.inserted)
         pipe.hincrby(keys.COUNTERS, "duplicates", result.duplicates)
-        pipe.execute()
+        replies = pipe.execute()
+        if batch.committed and replies[0][0]:
+            records, entries = int(replies[0][0]), int(replies[0][1])
+            self.stats.positions_dropped += records
+            self._warn.warning(
+                "positions_dropped",
+                "fleet:positions is over its bound (%d bytes): %d records in %d entries were dropped before the"
+                " geofence stage processed them (counted as positions_dropped in fleet:counters)",
+                *(self._handoff.max_bytes, records, entries),
+            )
 
     def _retry(self, stop: threading.Event, action: Callable[[], T]) -> T | None:
         """Run `action` until it succeeds; transient server errors only delay, never drop, a batch."""
@@ -274,15 +286,6 @@ class IngestWorker:
                 self._warn.warning(type(exc).__name__, "ingest retrying after: %s", exc)
                 if stop.wait(0.05 if isinstance(exc, errors.TransactionRollback) else DB_RETRY_S):
                     return None
-
-
-def positions_maxlen(entry_bytes: int) -> int:
-    """The length bound for an XADD of an entry this size, so that the stream holds about
-    `POSITIONS_MAX_BYTES` (about 4 million records) whatever the size of its entries. Redis bounds a
-    stream by entries only, and an entry holds one gateway batch: a few records at a trickle, up to
-    10,000 under full load, so a fixed count (200,000 entries was the bound) allowed anything from
-    a few MB to tens of GB."""
-    return max(100, POSITIONS_MAX_BYTES // max(entry_bytes, 1))
 
 
 def _split(entries: Entries, max_rows: int) -> tuple[Entries, Entries]:
@@ -308,7 +311,13 @@ def ingest_consumer_name(instance: str | None = None) -> str:
 
 
 def run_ingest(
-    redis_url: str, database_url: str, stream_key: str, group: str, batch_entries: int, instance: str | None = None
+    redis_url: str,
+    database_url: str,
+    stream_key: str,
+    group: str,
+    batch_entries: int,
+    instance: str | None = None,
+    positions_max_bytes: int = POSITIONS_MAX_BYTES,
 ) -> None:
     from gateway.process import stop_on_signals
     from gateway.service import quiet_collector
@@ -317,6 +326,6 @@ def run_ingest(
     quiet_collector()
     worker = IngestWorker(
         redis_url, database_url, stream_key=stream_key, group=group, batch_entries=batch_entries,
-        consumer=ingest_consumer_name(instance),
+        consumer=ingest_consumer_name(instance), positions_max_bytes=positions_max_bytes,
     )  # fmt: skip
     worker.run(stop)

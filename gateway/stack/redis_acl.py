@@ -44,7 +44,7 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
          f"~{keys.LIVE_CHANNEL}", *_QUARANTINE),
         (keys.LIVE_CHANNEL,),
         (*_GROUP_READER, *_TRANSACTION, "+xadd", "+hincrby", "+evalsha", "+script|load",
-         "+hget", "+hset", "+publish"),
+         "+hget", "+hset", "+publish", "+xlen", "+xtrim", "+xinfo|groups", "+script|exists"),
     ),
     "geofence": (
         (f"~{keys.POSITIONS_STREAM}", f"~{keys.GEOFENCE_STATE}", f"~{keys.GEOFENCE_TRIPS}", f"~{keys.COUNTERS}",
@@ -61,11 +61,13 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
          "+publish", "+hincrby"),
     ),
     "api": (
-        # live map and health read; the device registry admits and evicts devices for the gateway
-        (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"~{keys.DEVICES}",
-         f"~{keys.DEVICES_VERSION}"),
+        # live map and health read (with the geofence stage's backlog); the device registry admits and
+        # evicts devices for the gateway
+        (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"%R~{keys.POSITIONS_STREAM}",
+         f"~{keys.DEVICES}", f"~{keys.DEVICES_VERSION}"),
         (keys.CMD_WAKE_CHANNEL,),
-        (*_TRANSACTION, "+hgetall", "+hget", "+hmget", "+sadd", "+srem", "+del", "+incrby", "+publish"),
+        (*_TRANSACTION, "+hgetall", "+hget", "+hmget", "+sadd", "+srem", "+del", "+incrby", "+publish",
+         "+xinfo|groups"),
     ),
 }  # fmt: skip
 

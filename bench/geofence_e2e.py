@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             import pstats
 
-            pstats.Stats(str(workdir / "logs" / "geofence-0.prof")).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(str(workdir / "logs" / "geofence-0.prof")).sort_stats("tottime").print_stats(25)
     finally:
         if servers.stack is not None:
             servers.stack.down()  # type: ignore[attr-defined]

@@ -61,6 +61,14 @@ TRIPS_KEY = keys.GEOFENCE_TRIPS  # hash: device id → TripCursor.to_bytes()
 EVENTS_CHANNEL = keys.EVENTS_CHANNEL  # one JSON message per zone event
 COUNTERS = keys.COUNTERS
 
+# ARGV: the channel, then the messages. One command for a batch's events instead of one PUBLISH each:
+# packing and answering thousands of commands was most of the commit's cost when every position is
+# a transition. Subscribers still get one message per event.
+_PUBLISH_ALL = """
+for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return #ARGV - 1
+"""
+
 BLOCK_MS = 200
 CLAIM_IDLE_MS = 15_000
 CLAIM_CHECK_S = 5.0
@@ -125,6 +133,7 @@ class GeofenceWorker:
         self._rollup_due = 0.0
         self._rollup_from: float | None = None
         self._warn = RateLimitedLog(log)
+        self._publish_all = self._redis.register_script(_PUBLISH_ALL)
         self.stats = GeofenceStats()
 
     @property
@@ -306,8 +315,8 @@ class GeofenceWorker:
             pipe.hset(STATE_KEY, mapping={d: s.to_bytes() for d, s in work.states.items()})
         if work.cursors:
             pipe.hset(TRIPS_KEY, mapping={d: c.to_bytes() for d, c in work.cursors.items()})
-        for event in work.events:
-            pipe.publish(EVENTS_CHANNEL, event_message(event))
+        if work.events:
+            self._publish_all(args=[EVENTS_CHANNEL, *map(event_message, work.events)], client=pipe)
         pipe.xack(POSITIONS_STREAM, GROUP, *ids)
         pipe.xdel(POSITIONS_STREAM, *ids)
         if work.events:

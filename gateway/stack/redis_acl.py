@@ -50,7 +50,8 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
         (f"~{keys.POSITIONS_STREAM}", f"~{keys.GEOFENCE_STATE}", f"~{keys.GEOFENCE_TRIPS}", f"~{keys.COUNTERS}",
          *_QUARANTINE),
         (keys.EVENTS_CHANNEL,),
-        (*_GROUP_READER, *_TRANSACTION, "+hmget", "+hset", "+hincrby", "+publish"),
+        (*_GROUP_READER, *_TRANSACTION, "+hmget", "+hset", "+hincrby", "+publish", "+evalsha", "+script|load",
+         "+script|exists"),
     ),
     "commands": (
         # `fleet commands send|cancel` issue through the same code as the API (HMGET of live state,

@@ -57,7 +57,8 @@ def geo(clean: Endpoints, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[End
 @contextmanager
 def geofence_worker(endpoints: Endpoints, consumer: str = "geofence-test") -> Iterator[GeofenceWorker]:
     stop = threading.Event()
-    worker = GeofenceWorker(endpoints.redis_url, endpoints.database_url, consumer=consumer)
+    own = endpoints.for_service("geofence")  # its own accounts, as `fleet geofence` runs: the ACL is tested too
+    worker = GeofenceWorker(own.redis_url, own.database_url, consumer=consumer)
     thread = threading.Thread(target=worker.run, args=(stop,), name="geofence")
     thread.start()
     try:

@@ -405,6 +405,13 @@ def bench_geofence(ctx: typer.Context) -> None:
     _run_bench("geofence", ctx.args)
 
 
+@bench_app.command("geofence-e2e", context_settings=_PASS_THROUGH)
+def bench_geofence_e2e(ctx: typer.Context) -> None:
+    """A busy city's fleet (or `--workload worst`) through the whole pipeline: ingest records/s beside
+    geofence positions/s, the backlog over time, events against the pure core."""
+    _run_bench("geofence_e2e", ctx.args)
+
+
 @bench_app.command("ingest", context_settings=_PASS_THROUGH)
 def bench_ingest(ctx: typer.Context) -> None:
     """Records/s, loss, duplicates and latency through the real broker, against bare mosquitto_sub."""

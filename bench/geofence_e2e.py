@@ -172,7 +172,8 @@ def run(plan: Plan, servers: Servers, args: argparse.Namespace, logs: Path) -> O
                 last = watch.series[-1] if watch.series else watch.read(admit)
                 if last.stored >= plan.records and last.geofenced >= plan.records:
                     break
-                if time.time() - watch.time_at(max(last.geofenced, 1), "geofenced") > STALL_S:
+                moved = max(watch.time_at(max(last.geofenced, 1), "geofenced"), watch.time_at(last.stored, "stored"))
+                if time.time() - moved > STALL_S:
                     print("  (stalled: reporting what arrived)")
                     break
                 time.sleep(POLL_S)

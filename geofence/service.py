@@ -37,7 +37,7 @@ from gateway import keys
 from gateway.poison import split_refused
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
-from gateway.redis_client import Entries, GroupReader, Quarantined, stream_client
+from gateway.redis_client import Entries, GroupReader, Quarantined, split_entries, stream_client
 from gateway.settings import DURABLE_COMMIT
 from gateway.wire import FIELD, decode_entry
 from geofence import store
@@ -77,6 +77,10 @@ ROLLUP_TICK_S = 60.0  # the whole fleet's current hour is recomputed this often
 ROLLUP_CATCHUP_S = 7 * 86400.0  # on start, hours missed while no worker ran are filled back this far
 RETRY_S = 1.0
 FAILURE_PAUSE_S = 0.2  # after an unexpected failure, before reading the same entries again
+MAX_POSITIONS = 100_000
+"""Positions per transaction: a read of 100 entries under full load can hold a million (an entry is
+one gateway batch); processed whole it took minutes and gigabytes between two acknowledgements.
+Large parts still amortise the per-device work (state, cursors, trips) over many positions."""
 
 
 @dataclass(slots=True)
@@ -155,18 +159,22 @@ class GeofenceWorker:
                     break
                 if read.quarantine:
                     self._guarded(stop, lambda q=read.quarantine: self._quarantine(q, stop))
-                if read.entries:
-                    self._guarded(stop, lambda e=read.entries: self._process(e, stop))
+                entries = read.entries
+                while entries and not stop.is_set():  # in parts, in order; after a failure the rest
+                    chunk, entries = split_entries(entries, MAX_POSITIONS)  # is read again, in order
+                    if not self._guarded(stop, lambda c=chunk: self._process(c, stop)):
+                        break
         finally:
             if self._conn is not None:
                 self._conn.close()
             self._redis.close()
 
-    def _guarded(self, stop: threading.Event, action: Callable[[], object]) -> None:
+    def _guarded(self, stop: threading.Event, action: Callable[[], object]) -> bool:
         """No exception ends the loop: it is logged (rate-limited), the entries stay pending and are
-        read again one at a time, and quarantined if they keep failing."""
+        read again one at a time, and quarantined if they keep failing. False after a failure."""
         try:
             action()
+            return True
         except Exception as exc:
             self.stats.failures += 1
             self._warn.warning("unexpected", "geofence failed on a batch (it will be retried): %r", exc)
@@ -175,6 +183,7 @@ class GeofenceWorker:
                 self._conn.close()
             self._reader.retry_pending()
             stop.wait(FAILURE_PAUSE_S)
+            return False
 
     def _quarantine(self, entries: list[Quarantined], stop: threading.Event) -> None:
         """Entries that failed `MAX_DELIVERIES` times: dead letters first, then the quarantine stream."""

@@ -30,8 +30,9 @@ from gateway.poison import Refused
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
 from gateway.redis_client import Entries, GroupReader, Quarantined, stream_client
+from gateway.redis_client import split_entries as _split
 from gateway.settings import DURABLE_COMMIT
-from gateway.wire import FIELD, RECORD_BYTES, decode_entry
+from gateway.wire import FIELD, decode_entry
 from ingest.livestate import LiveState, latest_patches
 from ingest.positions import POSITIONS_MAX_BYTES, PositionsHandoff
 from ingest.store import (
@@ -286,19 +287,6 @@ class IngestWorker:
                 self._warn.warning(type(exc).__name__, "ingest retrying after: %s", exc)
                 if stop.wait(0.05 if isinstance(exc, errors.TransactionRollback) else DB_RETRY_S):
                     return None
-
-
-def _split(entries: Entries, max_rows: int) -> tuple[Entries, Entries]:
-    """A prefix of whole entries of at most about `max_rows` records (at least one entry), and the rest.
-
-    Sizes are estimated from the encoded length (`RECORD_BYTES` a record), so nothing is decoded twice.
-    """
-    budget = max_rows * RECORD_BYTES
-    for i, (_id, fields) in enumerate(entries):
-        budget -= len(fields.get(FIELD, b"")) if fields else 0
-        if budget < 0 and i > 0:
-            return entries[:i], entries[i:]
-    return entries, []
 
 
 def ingest_consumer_name(instance: str | None = None) -> str:

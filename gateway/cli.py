@@ -197,8 +197,10 @@ def geofence(
     from geofence.service import run_geofence
 
     setup_logging()
-    endpoints = resolve(Settings.at(state_dir), service="geofence")
-    run_geofence(endpoints.redis_url, endpoints.database_url, instance=instance)
+    settings = Settings.at(state_dir)
+    endpoints = resolve(settings, service="geofence")
+    run_geofence(endpoints.redis_url, endpoints.database_url, instance=instance, ingest_stream=settings.stream_key,
+                 ingest_group=settings.ingest_group)  # fmt: skip
 
 
 # -- devices --------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ zone events, trips and utilization then lacked data without a trace. Now one Lua
 entries, and when the stream is over its bound it trims the oldest and counts them: the geofence
 worker deletes every entry it has acknowledged, so any entry still there when it is trimmed was never
 processed (not read yet, or read and not acknowledged). Each entry carries its record count (field
-`n`) so the script can count records, not only entries, without decoding them.
+`n`) so the script can count records, not only entries, without decoding them, and its id in
+`fleet:ingest` (field `s`), so the geofence worker can take entries in the order ingest read them
+although several ingest workers commit in any order (`geofence/handoff_order.py`).
 
 Counted in `fleet:counters` (what /healthz shows and a metrics exporter can read):
 `positions_dropped` (records) and `positions_dropped_entries`. Only while the geofence consumer
@@ -26,14 +28,15 @@ from gateway import keys
 POSITIONS_STREAM = keys.POSITIONS_STREAM
 POSITIONS_MAX_BYTES = 512 * 2**20  # what fleet:positions keeps while no geofence worker reads it
 GEOFENCE_GROUP = "geofence"  # geofence.service.GROUP (the stages do not import each other)
-COUNT_FIELD = b"n"  # the script writes it and `gateway.wire.FIELD` (b"b") literally
+COUNT_FIELD = b"n"  # the script writes it, `gateway.wire.FIELD` (b"b") and b"s" literally
+SOURCE_FIELD = b"s"  # the entry's id in fleet:ingest: geofence.handoff_order restores ingest's order
 DROPPED, DROPPED_ENTRIES = "positions_dropped", "positions_dropped_entries"
 
-# KEYS: stream, counters. ARGV: max entries, group, then (entry, record count) pairs.
+# KEYS: stream, counters. ARGV: max entries, group, then (entry, record count, source id) triples.
 # Returns {records dropped, entries dropped}.
 _ADD = """
-for i = 3, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], '*', 'b', ARGV[i], 'n', ARGV[i + 1])
+for i = 3, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], '*', 'b', ARGV[i], 'n', ARGV[i + 1], 's', ARGV[i + 2])
 end
 local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
 if excess <= 0 then return {0, 0} end
@@ -77,11 +80,11 @@ class PositionsHandoff:
         self.max_bytes = max_bytes
         self._add = client.register_script(_ADD)
 
-    def add(self, pipe: redis.client.Pipeline, entries: Sequence[tuple[bytes, int]]) -> None:
-        """Queue the script for `entries` (raw entry, record count); its reply is (records, entries)
-        dropped by the bound, in the pipeline's results."""
-        size = sum(len(raw) for raw, _ in entries) // len(entries)
+    def add(self, pipe: redis.client.Pipeline, entries: Sequence[tuple[bytes, int, bytes]]) -> None:
+        """Queue the script for `entries` (raw entry, record count, its id in fleet:ingest); its reply
+        is (records, entries) dropped by the bound, in the pipeline's results."""
+        size = sum(len(e[0]) for e in entries) // len(entries)
         args: list[bytes | int | str] = [positions_maxlen(size, self.max_bytes), GEOFENCE_GROUP]
-        for raw, count in entries:
-            args += [raw, count]
+        for raw, count, source in entries:
+            args += [raw, count, source]
         self._add(keys=[POSITIONS_STREAM, keys.COUNTERS], args=args, client=pipe)

@@ -84,7 +84,7 @@ class _Batch:
     dead: list[DeadRow]
     records: list[Telemetry]
     received: list[datetime]
-    committed: list[tuple[bytes, int]]  # raw entries with records and their record count, for geofence
+    committed: list[tuple[bytes, int, bytes]]  # entries with records: raw, record count, id; for geofence
     origins: list[tuple[str, int]]  # (stream entry, record's position in it) of each record
 
 
@@ -189,7 +189,7 @@ class IngestWorker:
                 batch.dead.append(DeadRow(sid, 0, letter))
                 continue
             if entry.records:
-                batch.committed.append((fields[FIELD], len(entry.records)))
+                batch.committed.append((fields[FIELD], len(entry.records), entry_id))
             batch.records.extend(entry.records)
             batch.origins.extend((sid, i) for i in range(len(entry.records)))
             batch.received.extend(entry.received_at)

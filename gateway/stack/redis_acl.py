@@ -47,8 +47,9 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
          "+hget", "+hset", "+publish", "+xlen", "+xtrim", "+xinfo|groups", "+script|exists"),
     ),
     "geofence": (
+        # reads the ingest group's pending summary (XPENDING) to take positions in ingest's order
         (f"~{keys.POSITIONS_STREAM}", f"~{keys.GEOFENCE_STATE}", f"~{keys.GEOFENCE_TRIPS}", f"~{keys.COUNTERS}",
-         *_QUARANTINE),
+         f"%R~{keys.INGEST_STREAM}", *_QUARANTINE),
         (keys.EVENTS_CHANNEL,),
         (*_GROUP_READER, *_TRANSACTION, "+hmget", "+hset", "+hincrby", "+publish", "+evalsha", "+script|load",
          "+script|exists"),

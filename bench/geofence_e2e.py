@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 from fleet_workload import track, zones  # noqa: E402
-from ingest_load import STALL_S, Plan, publish  # noqa: E402
+from ingest_load import Plan, publish  # noqa: E402
 
 from gateway import keys  # noqa: E402
 from geofence import store  # noqa: E402
@@ -173,7 +173,7 @@ def run(plan: Plan, servers: Servers, args: argparse.Namespace, logs: Path) -> O
                 if last.stored >= plan.records and last.geofenced >= plan.records:
                     break
                 moved = max(watch.time_at(max(last.geofenced, 1), "geofenced"), watch.time_at(last.stored, "stored"))
-                if time.time() - moved > STALL_S:
+                if time.time() - moved > args.stall:
                     print("  (stalled: reporting what arrived)")
                     break
                 time.sleep(POLL_S)
@@ -207,7 +207,7 @@ def expected_events(plan: Plan, chunk: int = 500) -> Counter[EventKey]:
         for d in range(d0, min(d0 + chunk, plan.devices)):
             tr = track(plan.workload, plan.seed, d, counts[d])
             ids.append(plan.device(d))
-            t = np.round(plan.t_base + tr.time, 3)  # as published
+            t = np.array([round(plan.t_base + x, 3) for x in tr.time.tolist()])  # as published (np.round differs)
             cols.append((np.full(len(t), len(ids) - 1), t, tr.lon, tr.lat, tr.speed_kmh, tr.locked.astype(np.int8)))
         batch = PositionBatch.from_columns(ids, *(np.concatenate(c) for c in zip(*cols, strict=True)))
         events, _ = transitions({}, batch, zone_set, time.time(), TransitionParams())
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="ingest workers")
     parser.add_argument("--geofence-workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--stall", type=float, default=120.0, help="give up after this long without progress (s)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, stack)")
     parser.add_argument("--profile", action="store_true", help="run the geofence workers under cProfile")
     args = parser.parse_args(argv)

@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             import pstats
 
-            pstats.Stats(str(workdir / "logs" / "geofence-0.prof")).sort_stats("tottime").print_stats(25)
+            pstats.Stats(str(workdir / "logs" / "geofence-0.prof")).sort_stats("tottime").print_stats(22)
     finally:
         if servers.stack is not None:
             servers.stack.down()  # type: ignore[attr-defined]

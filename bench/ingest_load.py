@@ -36,6 +36,8 @@ class Plan:
     window: int
     sample_every: int
     t_base: float
+    workload: str = "line"  # "line" (this module's straight lines) or a bench/fleet_workload.py fleet
+    seed: int = 1
 
     @property
     def messages(self) -> int:
@@ -65,14 +67,24 @@ def _record(plan: Plan, d: int, k: int) -> dict[str, object]:
             "hdop": 0.9, "battery_pct": 80.0, "odometer_m": 1000.0 + k, "locked": False}  # fmt: skip
 
 
+def device_records(plan: Plan, d: int, count: int) -> list[dict[str, object]]:
+    if plan.workload == "line":
+        return [_record(plan, d, k) for k in range(count)]
+    from fleet_workload import record, track
+
+    tr = track(plan.workload, plan.seed, d, count)
+    return [record(tr, k, plan.t_base) for k in range(count)]
+
+
 def messages_for(plan: Plan, p: int) -> list[tuple[str, bytes, tuple[str, float]]]:
     """Publisher `p`'s messages, its devices interleaved; each with the (device, ts) of its first record."""
     counts = plan.per_device()
     queues = []
     for d in range(p, plan.devices, plan.publishers):
         dev, topic, out = plan.device(d), f"fleet/{plan.device(d)}/telemetry", []
+        all_recs = device_records(plan, d, counts[d])
         for k0 in range(0, counts[d], plan.batch):
-            recs = [_record(plan, d, k) for k in range(k0, min(k0 + plan.batch, counts[d]))]
+            recs = all_recs[k0 : k0 + plan.batch]
             body = {"v": 1, "id": dev, **recs[0]} if plan.batch == 1 else {"v": 1, "id": dev, "records": recs}
             out.append((topic, orjson.dumps(body), (dev, float(recs[0]["ts"]))))  # type: ignore[arg-type]
         queues.append(out)

@@ -151,6 +151,7 @@ def ingest(
         settings.ingest_group,
         settings.ingest_batch_entries,
         instance,
+        settings.positions_max_bytes,
     )
 
 
@@ -200,8 +201,10 @@ def geofence(
     from localstack.resolve import resolve
 
     setup_logging()
-    endpoints = resolve(Settings.at(state_dir), service="geofence")
-    run_geofence(endpoints.redis_url, endpoints.database_url, instance=instance)
+    settings = Settings.at(state_dir)
+    endpoints = resolve(settings, service="geofence")
+    run_geofence(endpoints.redis_url, endpoints.database_url, instance=instance, ingest_stream=settings.stream_key,
+                 ingest_group=settings.ingest_group)  # fmt: skip
 
 
 # -- devices --------------------------------------------------------------------------------------
@@ -406,6 +409,13 @@ def _run_bench(name: str, args: list[str]) -> None:
 def bench_geofence(ctx: typer.Context) -> None:
     """1M points against 1,000 zones: our grid index against shapely, in the same run."""
     _run_bench("geofence", ctx.args)
+
+
+@bench_app.command("geofence-e2e", context_settings=_PASS_THROUGH)
+def bench_geofence_e2e(ctx: typer.Context) -> None:
+    """A busy city's fleet (or `--workload worst`) through the whole pipeline: ingest records/s beside
+    geofence positions/s, the backlog over time, events against the pure core."""
+    _run_bench("geofence_e2e", ctx.args)
 
 
 @bench_app.command("ingest", context_settings=_PASS_THROUGH)

@@ -36,6 +36,7 @@ import redis
 from geofence import store
 from geofence.batch import PositionBatch
 from geofence.errors import GeofenceError, StateError
+from geofence.handoff_order import Source, parse_id, release
 from geofence.state import DeviceState
 from geofence.transitions import TransitionParams, ZoneEvent, transitions
 from geofence.tripcursor import TripCursor, continue_trips, positions, rollup_since
@@ -47,7 +48,7 @@ from kernel.poison import split_refused
 from kernel.ratelimit import RateLimitedLog
 from kernel.records import DeadLetter, Telemetry
 from kernel.settings import DURABLE_COMMIT
-from kernel.streams import Entries, GroupReader, Quarantined, stream_client
+from kernel.streams import Entries, GroupReader, Quarantined, split_entries, stream_client
 from kernel.wire import FIELD, decode_entry
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,14 @@ TRIPS_KEY = keys.GEOFENCE_TRIPS  # hash: device id → TripCursor.to_bytes()
 EVENTS_CHANNEL = keys.EVENTS_CHANNEL  # one JSON message per zone event
 COUNTERS = keys.COUNTERS
 
+# ARGV: the channel, then the messages. One command for a batch's events instead of one PUBLISH each:
+# packing and answering thousands of commands was most of the commit's cost when every position is
+# a transition. Subscribers still get one message per event.
+_PUBLISH_ALL = """
+for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return #ARGV - 1
+"""
+
 BLOCK_MS = 200
 CLAIM_IDLE_MS = 15_000
 CLAIM_CHECK_S = 5.0
@@ -69,6 +78,11 @@ ROLLUP_TICK_S = 60.0  # the whole fleet's current hour is recomputed this often
 ROLLUP_CATCHUP_S = 7 * 86400.0  # on start, hours missed while no worker ran are filled back this far
 RETRY_S = 1.0
 FAILURE_PAUSE_S = 0.2  # after an unexpected failure, before reading the same entries again
+HOLD_MAX_ENTRIES = 1_000  # entries held back for ingest's order before reading pauses
+MAX_POSITIONS = 100_000
+"""Positions per transaction: a read of 100 entries under full load can hold a million (an entry is
+one gateway batch); processed whole it took minutes and gigabytes between two acknowledgements.
+Large parts still amortise the per-device work (state, cursors, trips) over many positions."""
 
 
 @dataclass(slots=True)
@@ -94,6 +108,7 @@ class _Work:
     rollup_since: float | None = None
     now: float = 0.0
     first_entry: str = ""  # the read's first stream entry: names its refused rows' dead letters
+    positions: int = 0  # positions taken from the read, counted as `geofenced` with the acknowledgement
 
 
 class GeofenceWorker:
@@ -108,6 +123,8 @@ class GeofenceWorker:
         hysteresis_m: float = 10.0,
         transition_params: TransitionParams | None = None,
         trip_params: TripParams | None = None,
+        ingest_stream: str = keys.INGEST_STREAM,
+        ingest_group: str = "ingest",
     ) -> None:
         self._redis = stream_client(redis_url)
         self._database_url = database_url
@@ -124,6 +141,9 @@ class GeofenceWorker:
         self._rollup_due = 0.0
         self._rollup_from: float | None = None
         self._warn = RateLimitedLog(log)
+        self._publish_all = self._redis.register_script(_PUBLISH_ALL)
+        self._ingest_stream, self._ingest_group = ingest_stream, ingest_group
+        self._held: Entries = []  # read, waiting for ingest's watermark (geofence.handoff_order)
         self.stats = GeofenceStats()
 
     @property
@@ -140,23 +160,55 @@ class GeofenceWorker:
             while not stop.is_set():
                 if self._retry(stop, self._housekeeping) is None:
                     break
-                read = self._retry(stop, self._reader.read)
-                if read is None:
+                entries = self._next_entries(stop)
+                if entries is None:
                     break
-                if read.quarantine:
-                    self._guarded(stop, lambda q=read.quarantine: self._quarantine(q, stop))
-                if read.entries:
-                    self._guarded(stop, lambda e=read.entries: self._process(e, stop))
+                while entries and not stop.is_set():  # in parts, in order; after a failure the rest
+                    chunk, entries = split_entries(entries, MAX_POSITIONS)  # is read again, in order
+                    if not self._guarded(stop, lambda c=chunk: self._process(c, stop)):
+                        self._held = []  # pending in the group: they come back with the failed part
+                        break
         finally:
             if self._conn is not None:
                 self._conn.close()
             self._redis.close()
 
-    def _guarded(self, stop: threading.Event, action: Callable[[], object]) -> None:
+    def _next_entries(self, stop: threading.Event) -> Entries | None:
+        """New entries and those held back, in ingest's order up to its watermark (see
+        `geofence.handoff_order`); None when stopping. While many are held (an ingest worker is
+        stuck on an early entry, claimed by another after 15 s), nothing more is read."""
+        if len(self._held) < HOLD_MAX_ENTRIES:
+            read = self._retry(stop, self._reader.read)
+            if read is None:
+                return None
+            if read.quarantine:
+                self._guarded(stop, lambda q=read.quarantine: self._quarantine(q, stop))
+            known = {eid for eid, _ in self._held}
+            self._held += [e for e in read.entries if e[0] not in known]
+        elif stop.wait(BLOCK_MS / 1000):
+            return None
+        if not self._held:
+            return []
+        watermark = self._retry(stop, self._ingest_watermark)
+        if watermark is None:
+            return None
+        ready, self._held = release(self._held, watermark[0])
+        return ready
+
+    def _ingest_watermark(self) -> tuple[Source | None]:
+        """The smallest id the ingest group holds pending (in a 1-tuple: None means none pending)."""
+        try:
+            info = self._redis.xpending(self._ingest_stream, self._ingest_group)
+        except redis.ResponseError:  # no ingest group (positions written by other means): no order
+            return (None,)
+        return (parse_id(info["min"]) if info["pending"] else None,)
+
+    def _guarded(self, stop: threading.Event, action: Callable[[], object]) -> bool:
         """No exception ends the loop: it is logged (rate-limited), the entries stay pending and are
-        read again one at a time, and quarantined if they keep failing."""
+        read again one at a time, and quarantined if they keep failing. False after a failure."""
         try:
             action()
+            return True
         except Exception as exc:
             self.stats.failures += 1
             self._warn.warning("unexpected", "geofence failed on a batch (it will be retried): %r", exc)
@@ -165,6 +217,7 @@ class GeofenceWorker:
                 self._conn.close()
             self._reader.retry_pending()
             stop.wait(FAILURE_PAUSE_S)
+            return False
 
     def _quarantine(self, entries: list[Quarantined], stop: threading.Event) -> None:
         """Entries that failed `MAX_DELIVERIES` times: dead letters first, then the quarantine stream."""
@@ -206,6 +259,7 @@ class GeofenceWorker:
             work.first_entry = entries[0][0].decode()
             if self._retry(stop, lambda: self._write(work)) is None:
                 return  # stopping: the entries stay pending and are replayed
+        work.positions = len(batch) + dropped
         if self._retry(stop, lambda: self._commit(work, [eid for eid, _ in entries])) is None:
             return
         self.stats.entries += len(entries)
@@ -304,12 +358,14 @@ class GeofenceWorker:
             pipe.hset(STATE_KEY, mapping={d: s.to_bytes() for d, s in work.states.items()})
         if work.cursors:
             pipe.hset(TRIPS_KEY, mapping={d: c.to_bytes() for d, c in work.cursors.items()})
-        for event in work.events:
-            pipe.publish(EVENTS_CHANNEL, event_message(event))
+        if work.events:
+            self._publish_all(args=[EVENTS_CHANNEL, *map(event_message, work.events)], client=pipe)
         pipe.xack(POSITIONS_STREAM, GROUP, *ids)
         pipe.xdel(POSITIONS_STREAM, *ids)
         if work.events:
             pipe.hincrby(COUNTERS, "zone_events", len(work.events))
+        if work.positions:
+            pipe.hincrby(COUNTERS, "geofenced", work.positions)
         pipe.execute()
         return True
 
@@ -415,10 +471,18 @@ def geofence_consumer_name(instance: str | None = None) -> str:
     return f"geofence-{instance or os.environ.get('FLEET_GEOFENCE_ID') or f'{socket.gethostname()}-{os.getpid()}'}"
 
 
-def run_geofence(redis_url: str, database_url: str, instance: str | None = None, batch_entries: int = 100) -> None:
+def run_geofence(
+    redis_url: str,
+    database_url: str,
+    instance: str | None = None,
+    batch_entries: int = 100,
+    ingest_stream: str = keys.INGEST_STREAM,
+    ingest_group: str = "ingest",
+) -> None:
     """Entry point for `fleet geofence`: runs until SIGINT/SIGTERM."""
     from kernel.process import stop_on_signals
 
     stop = stop_on_signals()
     consumer = geofence_consumer_name(instance)
-    GeofenceWorker(redis_url, database_url, consumer=consumer, batch_entries=batch_entries).run(stop)
+    GeofenceWorker(redis_url, database_url, consumer=consumer, batch_entries=batch_entries,
+                   ingest_stream=ingest_stream, ingest_group=ingest_group).run(stop)  # fmt: skip

@@ -107,19 +107,19 @@ def _events(pts: PointColumns, ent: Entries, zones: ZoneSet, params: TransitionP
     first_fix = pts.first[p] & ~pts.has_state[pts.device[p]] & ~init
     enter = (s == 1) & (prev_s == 0) & ~init
     exit_ = (s == 0) & (prev_s == 1) & ~init
-    out: list[ZoneEvent] = []
-    for i in np.flatnonzero(enter & (~first_fix | params.enter_on_first_fix)):
-        out.append(_event(pts, zones, i, ent, EventKind.ENTER, {"first_fix": True} if first_fix[i] else {}))
-    for i in np.flatnonzero(enter & ~first_fix & (kind == _NO_RIDE)):
-        out.append(_event(pts, zones, i, ent, EventKind.VIOLATION, {"violation": Violation.ENTERED_NO_RIDE}))
-    for i in np.flatnonzero(exit_):
-        out.append(_event(pts, zones, i, ent, EventKind.EXIT, {}))
-    for i in np.flatnonzero(exit_ & (kind == _SERVICE)):
-        detail = {"violation": Violation.LEFT_SERVICE_AREA}
-        out.append(_event(pts, zones, i, ent, EventKind.VIOLATION, detail))
-    for i in np.flatnonzero(ent.dwell):
-        out.append(_event(pts, zones, i, ent, EventKind.DWELL, {"since": float(ent.entered_at[i])}))
-    for i in np.flatnonzero(ent.violation_rising):
+    made = _Maker(pts, zones)
+    ff = first_fix.tolist()
+    for i in np.flatnonzero(enter & (~first_fix | params.enter_on_first_fix)).tolist():
+        made.add(ent, i, EventKind.ENTER, {"first_fix": True} if ff[i] else {})
+    for i in np.flatnonzero(enter & ~first_fix & (kind == _NO_RIDE)).tolist():
+        made.add(ent, i, EventKind.VIOLATION, {"violation": Violation.ENTERED_NO_RIDE})
+    for i in np.flatnonzero(exit_).tolist():
+        made.add(ent, i, EventKind.EXIT, {})
+    for i in np.flatnonzero(exit_ & (kind == _SERVICE)).tolist():
+        made.add(ent, i, EventKind.VIOLATION, {"violation": Violation.LEFT_SERVICE_AREA})
+    for i in np.flatnonzero(ent.dwell).tolist():
+        made.add(ent, i, EventKind.DWELL, {"since": float(ent.entered_at[i])})
+    for i in np.flatnonzero(ent.violation_rising).tolist():
         if kind[i] == _NO_PARKING:
             detail: dict[str, Any] = {"violation": Violation.LOCKED_IN_NO_PARKING}
         else:
@@ -128,27 +128,42 @@ def _events(pts: PointColumns, ent: Entries, zones: ZoneSet, params: TransitionP
                 "speed_kmh": float(pts.speed[p[i]]),
                 "limit_kmh": float(zones.speed_limit[ent.zone[i]]),
             }
-        out.append(_event(pts, zones, i, ent, EventKind.VIOLATION, detail))
-    return out
+        made.add(ent, i, EventKind.VIOLATION, detail)
+    return made.events()
 
 
-def _event(
-    pts: PointColumns, zones: ZoneSet, i: int, ent: Entries, kind: EventKind, detail: dict[str, Any]
-) -> ZoneEvent:
-    return _make(pts, zones, int(ent.point[i]), int(ent.zone[i]), kind, detail)
+class _Maker:
+    """Events gathered as (point, zone slot, kind, detail), then built in one pass: the columns are
+    read as Python lists once and each zone's id and kind once, not per event through numpy
+    scalars (in the worst case, every position a transition, building events was most of the time)."""
 
+    def __init__(self, pts: PointColumns, zones: ZoneSet) -> None:
+        self._pts, self._zones = pts, zones
+        self._rows: list[tuple[int, int, EventKind, dict[str, Any]]] = []
 
-def _make(pts: PointColumns, zones: ZoneSet, p: int, slot: int, kind: EventKind, detail: dict) -> ZoneEvent:
-    zone = zones.zone(slot)
-    return ZoneEvent(
-        device_id=pts.device_ids[pts.device[p]],
-        zone_id=zone.id,
-        kind=kind,
-        time=datetime.fromtimestamp(float(pts.time[p]), UTC),
-        lon=float(pts.lon[p]),
-        lat=float(pts.lat[p]),
-        detail={"zone_kind": zone.kind.value, **detail},
-    )
+    def add(self, ent: Entries, i: int, kind: EventKind, detail: dict[str, Any]) -> None:
+        self._rows.append((int(ent.point[i]), int(ent.zone[i]), kind, detail))
+
+    def add_point(self, p: int, slot: int, kind: EventKind, detail: dict[str, Any]) -> None:
+        self._rows.append((p, slot, kind, detail))
+
+    def events(self) -> list[ZoneEvent]:
+        if not self._rows:
+            return []
+        pts, zones = self._pts, self._zones
+        index = np.fromiter((r[0] for r in self._rows), np.int64, len(self._rows))
+        device = pts.device[index].tolist()
+        when, lon, lat = pts.time[index].tolist(), pts.lon[index].tolist(), pts.lat[index].tolist()
+        about: dict[int, tuple[str, str]] = {}
+        out = []
+        for k, (_p, slot, kind, detail) in enumerate(self._rows):
+            if slot not in about:
+                zone = zones.zone(slot)
+                about[slot] = (zone.id, zone.kind.value)
+            zone_id, zone_kind = about[slot]
+            out.append(ZoneEvent(pts.device_ids[device[k]], zone_id, kind, datetime.fromtimestamp(when[k], UTC),
+                                 lon[k], lat[k], {"zone_kind": zone_kind, **detail}))  # fmt: skip
+        return out
 
 
 def _crossings(pts: PointColumns, ent: Entries, zones: ZoneSet, params: TransitionParams) -> list[ZoneEvent]:
@@ -169,14 +184,14 @@ def _crossings(pts: PointColumns, ent: Entries, zones: ZoneSet, params: Transiti
     end = b[seg]
     s_end = ent.state_at(end, slot)
     s_start = np.where(pts.first[end], ent.stored_member(dev[end], slot), ent.state_at(end - 1, slot))
-    out = []
-    for k in np.flatnonzero((s_end == 0) & (s_start == 0)):
+    made = _Maker(pts, zones)
+    for k in np.flatnonzero((s_end == 0) & (s_start == 0)).tolist():
         p, z = int(end[k]), int(slot[k])
         start = {"from_lon": float(ax[p]), "from_lat": float(ay[p]), "from_time": float(at[p])}
-        out.append(_make(pts, zones, p, z, EventKind.CROSS, start))
+        made.add_point(p, z, EventKind.CROSS, start)
         if zones.kind[z] == _NO_RIDE:
-            out.append(_make(pts, zones, p, z, EventKind.VIOLATION, {"violation": Violation.CROSSED_NO_RIDE}))
-    return out
+            made.add_point(p, z, EventKind.VIOLATION, {"violation": Violation.CROSSED_NO_RIDE})
+    return made.events()
 
 
 __all__ = ["EventKind", "TransitionParams", "Violation", "ZoneEvent", "transitions"]

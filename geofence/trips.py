@@ -84,21 +84,33 @@ def detect_trips(batch: PositionBatch, params: TripParams | None = None) -> list
     duration = t[last] - t[begins]
     radius = _max_reach(lon, lat, begins, last)
     keep = (duration >= params.min_duration_s) & (distance >= params.min_distance_m) & (radius >= params.min_radius_m)
+    ids = batch.device_ids
+    tl = t.tolist()  # Python numbers once, rather than a numpy scalar per field per trip
+    lonl, latl = lon.tolist(), lat.tolist()
+    b_, e_ = begins[keep].tolist(), last[keep].tolist()
     return [
         Trip(
-            device_id=batch.device_ids[dev[b]],
-            start=datetime.fromtimestamp(float(t[b]), UTC),
-            end=datetime.fromtimestamp(float(t[e]), UTC),
-            start_lon=float(lon[b]),
-            start_lat=float(lat[b]),
-            end_lon=float(lon[e]),
-            end_lat=float(lat[e]),
-            distance_m=float(d),
-            duration_s=float(s),
-            points=int(e - b + 1),
-            ongoing=bool(o),
+            ids[d],
+            datetime.fromtimestamp(tl[b], UTC),
+            datetime.fromtimestamp(tl[e], UTC),
+            lonl[b],
+            latl[b],
+            lonl[e],
+            latl[e],
+            dist,
+            dur,
+            e - b + 1,
+            o,
         )
-        for b, e, d, s, o in zip(begins[keep], last[keep], distance[keep], duration[keep], ongoing[keep], strict=True)
+        for d, b, e, dist, dur, o in zip(
+            dev[begins[keep]].tolist(),
+            b_,
+            e_,
+            distance[keep].tolist(),
+            duration[keep].tolist(),
+            ongoing[keep].tolist(),
+            strict=True,
+        )
     ]
 
 

@@ -25,6 +25,7 @@ import psycopg
 import redis
 from psycopg import errors
 
+from ingest.positions import POSITIONS_MAX_BYTES, PositionsHandoff
 from ingest.store import DeviceKeys, WritePlan, WriteResult, telemetry_row, telemetry_rows, write_batch, write_refusing
 from kernel import keys
 from kernel.deadletter_store import DeadRow, insert_dead_letters, quarantine_rows, refusal
@@ -34,7 +35,8 @@ from kernel.ratelimit import RateLimitedLog
 from kernel.records import DeadLetter, Telemetry
 from kernel.settings import DURABLE_COMMIT
 from kernel.streams import Entries, GroupReader, Quarantined, stream_client
-from kernel.wire import FIELD, RECORD_BYTES, decode_entry
+from kernel.streams import split_entries as _split
+from kernel.wire import FIELD, decode_entry
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,6 @@ T = TypeVar("T")
 
 BLOCK_MS = 200
 POSITIONS_STREAM = keys.POSITIONS_STREAM  # committed batches, for the geofence/trip worker
-POSITIONS_MAX_BYTES = 512 * 2**20  # what fleet:positions keeps while no geofence worker reads it
 CLAIM_IDLE_MS = 15_000  # an entry pending this long at another consumer is taken over
 CLAIM_CHECK_S = 5.0
 MAX_ROWS = 50_000  # rows per transaction; a read of many large entries is split
@@ -61,6 +62,7 @@ class IngestStats:
     refused: int = 0  # records the database refused for good, dead-lettered
     quarantined: int = 0  # entries that kept failing, moved to the quarantine stream
     failures: int = 0  # unexpected exceptions survived
+    positions_dropped: int = 0  # records trimmed from fleet:positions before geofence processed them
 
 
 @dataclass(slots=True)
@@ -71,7 +73,7 @@ class _Batch:
     dead: list[DeadRow]
     records: list[Telemetry]
     received: list[datetime]
-    committed: list[bytes]  # raw entries with records, handed on to the positions stream
+    committed: list[tuple[bytes, int, bytes]]  # entries with records: raw, record count, id; for geofence
     origins: list[tuple[str, int]]  # (stream entry, record's position in it) of each record
 
 
@@ -86,8 +88,10 @@ class IngestWorker:
         batch_entries: int = 200,
         consumer: str | None = None,
         claim_idle_ms: int = CLAIM_IDLE_MS,
+        positions_max_bytes: int = POSITIONS_MAX_BYTES,
     ) -> None:
         self._redis = stream_client(redis_url)
+        self._handoff = PositionsHandoff(self._redis, positions_max_bytes)
         self._database_url = database_url
         self._conn: psycopg.Connection | None = None
         self._plan = WritePlan()
@@ -174,7 +178,7 @@ class IngestWorker:
                 batch.dead.append(DeadRow(sid, 0, letter))
                 continue
             if entry.records:
-                batch.committed.append(fields[FIELD])
+                batch.committed.append((fields[FIELD], len(entry.records), entry_id))
             batch.records.extend(entry.records)
             batch.origins.extend((sid, i) for i in range(len(entry.records)))
             batch.received.extend(entry.received_at)
@@ -246,13 +250,22 @@ class IngestWorker:
     def _ack(self, batch: _Batch, result: WriteResult) -> None:
         """Hand the committed entries on to the geofence stream and acknowledge them, atomically."""
         pipe = self._redis.pipeline(transaction=True)
-        for raw in batch.committed:
-            pipe.xadd(POSITIONS_STREAM, {FIELD: raw}, maxlen=positions_maxlen(len(raw)), approximate=True)
+        if batch.committed:
+            self._handoff.add(pipe, batch.committed)
         pipe.xack(self._stream, self._group, *batch.ids)
         pipe.xdel(self._stream, *batch.ids)
         pipe.hincrby(keys.COUNTERS, "stored", result.inserted)
         pipe.hincrby(keys.COUNTERS, "duplicates", result.duplicates)
-        pipe.execute()
+        replies = pipe.execute()
+        if batch.committed and replies[0][0]:
+            records, entries = int(replies[0][0]), int(replies[0][1])
+            self.stats.positions_dropped += records
+            self._warn.warning(
+                "positions_dropped",
+                "fleet:positions is over its bound (%d bytes): %d records in %d entries were dropped before the"
+                " geofence stage processed them (counted as positions_dropped in fleet:counters)",
+                *(self._handoff.max_bytes, records, entries),
+            )
 
     def _retry(self, stop: threading.Event, action: Callable[[], T]) -> T | None:
         """Run `action` until it succeeds; transient server errors only delay, never drop, a batch."""
@@ -265,28 +278,6 @@ class IngestWorker:
                     return None
 
 
-def positions_maxlen(entry_bytes: int) -> int:
-    """The length bound for an XADD of an entry this size, so that the stream holds about
-    `POSITIONS_MAX_BYTES` (about 4 million records) whatever the size of its entries. Redis bounds a
-    stream by entries only, and an entry holds one gateway batch: a few records at a trickle, up to
-    10,000 under full load, so a fixed count (200,000 entries was the bound) allowed anything from
-    a few MB to tens of GB."""
-    return max(100, POSITIONS_MAX_BYTES // max(entry_bytes, 1))
-
-
-def _split(entries: Entries, max_rows: int) -> tuple[Entries, Entries]:
-    """A prefix of whole entries of at most about `max_rows` records (at least one entry), and the rest.
-
-    Sizes are estimated from the encoded length (`RECORD_BYTES` a record), so nothing is decoded twice.
-    """
-    budget = max_rows * RECORD_BYTES
-    for i, (_id, fields) in enumerate(entries):
-        budget -= len(fields.get(FIELD, b"")) if fields else 0
-        if budget < 0 and i > 0:
-            return entries[:i], entries[i:]
-    return entries, []
-
-
 def ingest_consumer_name(instance: str | None = None) -> str:
     """`ingest-<instance>`; the instance defaults to `FLEET_INGEST_ID`, then host name and pid.
 
@@ -297,7 +288,13 @@ def ingest_consumer_name(instance: str | None = None) -> str:
 
 
 def run_ingest(
-    redis_url: str, database_url: str, stream_key: str, group: str, batch_entries: int, instance: str | None = None
+    redis_url: str,
+    database_url: str,
+    stream_key: str,
+    group: str,
+    batch_entries: int,
+    instance: str | None = None,
+    positions_max_bytes: int = POSITIONS_MAX_BYTES,
 ) -> None:
     from kernel.process import quiet_collector, stop_on_signals
 
@@ -305,6 +302,6 @@ def run_ingest(
     quiet_collector()
     worker = IngestWorker(
         redis_url, database_url, stream_key=stream_key, group=group, batch_entries=batch_entries,
-        consumer=ingest_consumer_name(instance),
+        consumer=ingest_consumer_name(instance), positions_max_bytes=positions_max_bytes,
     )  # fmt: skip
     worker.run(stop)

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     stream_key: str = keys.INGEST_STREAM
     ingest_group: str = "ingest"
     ingest_batch_entries: int = 200
+    # what fleet:positions keeps for the geofence stage; beyond it the oldest are dropped and counted
+    positions_max_bytes: int = Field(default=512 * 2**20, ge=1)
 
     @property
     def external(self) -> bool:

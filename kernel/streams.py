@@ -19,6 +19,7 @@ import redis
 from redis.connection import Encoder, PythonRespSerializer
 
 from kernel import keys
+from kernel.wire import FIELD, RECORD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +174,18 @@ class GroupReader:
         pipe.execute()
         self.quarantined += len(entries)
         log.warning("%s quarantined %d entries of %s (%s)", self.consumer, len(entries), self._stream, reason)
+
+
+def split_entries(entries: Entries, max_rows: int) -> tuple[Entries, Entries]:
+    """A prefix of whole entries of at most about `max_rows` records (at least one entry), and the rest:
+    ingest and geofence process a large read in parts, so one transaction (and the memory and time
+    between two acknowledgements) stays bounded.
+
+    Sizes are estimated from the encoded length (`RECORD_BYTES` a record), so nothing is decoded twice.
+    """
+    budget = max_rows * RECORD_BYTES
+    for i, (_id, fields) in enumerate(entries):
+        budget -= len(fields.get(FIELD, b"")) if fields else 0
+        if budget < 0 and i > 0:
+            return entries[:i], entries[i:]
+    return entries, []

@@ -44,13 +44,15 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
          f"~{keys.LIVE_CHANNEL}", *_QUARANTINE),
         (keys.LIVE_CHANNEL,),
         (*_GROUP_READER, *_TRANSACTION, "+xadd", "+hincrby", "+evalsha", "+script|load",
-         "+hget", "+hset", "+publish"),
+         "+hget", "+hset", "+publish", "+xlen", "+xtrim", "+xinfo|groups", "+script|exists"),
     ),
     "geofence": (
+        # reads the ingest group's pending summary (XPENDING) to take positions in ingest's order
         (f"~{keys.POSITIONS_STREAM}", f"~{keys.GEOFENCE_STATE}", f"~{keys.GEOFENCE_TRIPS}", f"~{keys.COUNTERS}",
-         *_QUARANTINE),
+         f"%R~{keys.INGEST_STREAM}", *_QUARANTINE),
         (keys.EVENTS_CHANNEL,),
-        (*_GROUP_READER, *_TRANSACTION, "+hmget", "+hset", "+hincrby", "+publish"),
+        (*_GROUP_READER, *_TRANSACTION, "+hmget", "+hset", "+hincrby", "+publish", "+evalsha", "+script|load",
+         "+script|exists"),
     ),
     "commands": (
         # `fleet commands send|cancel` issue through the same code as the API (HMGET of live state,
@@ -69,11 +71,13 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
         ("+hmget", "+publish"),
     ),
     "api": (
-        # live map and health read; the device registry admits and evicts devices for the gateway
-        (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"~{keys.DEVICES}",
-         f"~{keys.DEVICES_VERSION}"),
+        # live map and health read (with the geofence stage's backlog); the device registry admits and
+        # evicts devices for the gateway
+        (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"%R~{keys.POSITIONS_STREAM}",
+         f"~{keys.DEVICES}", f"~{keys.DEVICES_VERSION}"),
         (keys.CMD_WAKE_CHANNEL,),
-        (*_TRANSACTION, "+hgetall", "+hget", "+hmget", "+sadd", "+srem", "+del", "+incrby", "+publish"),
+        (*_TRANSACTION, "+hgetall", "+hget", "+hmget", "+sadd", "+srem", "+del", "+incrby", "+publish",
+         "+xinfo|groups"),
     ),
 }  # fmt: skip
 

@@ -21,6 +21,7 @@ from geofence import service
 from geofence.service import EVENTS_CHANNEL, POSITIONS_STREAM, STATE_KEY, GeofenceWorker
 from geofence.state import DeviceState
 from kernel.endpoints import Endpoints
+from kernel.keys import INGEST_STREAM
 from kernel.records import Source, Telemetry
 from kernel.wire import FIELD, FORMAT, StreamEntry, encode_entry
 
@@ -57,7 +58,8 @@ def geo(clean: Endpoints, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[End
 @contextmanager
 def geofence_worker(endpoints: Endpoints, consumer: str = "geofence-test") -> Iterator[GeofenceWorker]:
     stop = threading.Event()
-    worker = GeofenceWorker(endpoints.redis_url, endpoints.database_url, consumer=consumer)
+    own = endpoints.for_service("geofence")  # its own accounts, as `fleet geofence` runs: the ACL is tested too
+    worker = GeofenceWorker(own.redis_url, own.database_url, consumer=consumer)
     thread = threading.Thread(target=worker.run, args=(stop,), name="geofence")
     thread.start()
     try:
@@ -281,3 +283,32 @@ def _scalar(url: str, sql: str) -> object:
     with psycopg.connect(url) as conn:
         row = conn.execute(sql).fetchone()
     return row[0] if row else None
+
+
+def test_positions_taken_in_ingest_order(geo: tuple[Endpoints, TestClient]) -> None:
+    """Two ingest workers commit in any order: a device's later batch can reach fleet:positions first.
+    The worker holds it until the ingest group has nothing earlier pending, then takes both in
+    fleet:ingest order: outside, then inside a no-ride zone is an entry with a violation (taken the
+    other way round it would be a first fix inside, and the older point ignored)."""
+    endpoints, api = geo
+    assert api.post("/v1/zones", json={"id": "nr", "kind": "no_ride", "geometry": square(0, 100)}).status_code == 201
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    outside, inside = lonlat(-300), lonlat(50)
+    first = Telemetry("g-ord", t, Source.JSON, lat=outside[1], lon=outside[0], locked=False)
+    later = Telemetry("g-ord", t + timedelta(seconds=10), Source.JSON, lat=inside[1], lon=inside[0], locked=False)
+    client = redis.Redis.from_url(endpoints.redis_url)
+    try:
+        client.xgroup_create(INGEST_STREAM, "ingest", id="0", mkstream=True)
+        a, b = client.xadd(INGEST_STREAM, {b"x": b"1"}), client.xadd(INGEST_STREAM, {b"x": b"2"})
+        client.xreadgroup("ingest", "ingest-test", {INGEST_STREAM: ">"}, count=2)  # both in flight
+        client.xack(INGEST_STREAM, "ingest", b)  # the second ingest worker commits first
+        client.xadd(POSITIONS_STREAM, {FIELD: encode_entry(StreamEntry(FORMAT, [later], [t], [])), b"s": b})
+        with geofence_worker(endpoints):
+            time.sleep(1.0)  # the worker has read it, and holds it
+            assert client.hget(STATE_KEY, "g-ord") is None
+            client.xadd(POSITIONS_STREAM, {FIELD: encode_entry(StreamEntry(FORMAT, [first], [t], [])), b"s": a})
+            client.xack(INGEST_STREAM, "ingest", a)
+            wait_for(lambda: processed_until(endpoints.redis_url, "g-ord", later.time.timestamp()), what="both")
+        assert events(endpoints.database_url, "g-ord", "nr") == NO_RIDE_ENTRY
+    finally:
+        client.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ingest.service import POSITIONS_MAX_BYTES, _split, positions_maxlen
+from ingest.positions import POSITIONS_MAX_BYTES, positions_maxlen
+from ingest.service import _split
 
 
 def _entries(*records: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
@@ -22,4 +23,5 @@ def test_the_positions_stream_holds_about_the_same_bytes_whatever_its_entries_we
     for entry_bytes in (1_200, 120_000, 1_200_000):
         held = positions_maxlen(entry_bytes) * entry_bytes
         assert 0.9 * POSITIONS_MAX_BYTES <= held <= POSITIONS_MAX_BYTES
-    assert positions_maxlen(10**12) == 100  # never fewer entries than that
+    assert positions_maxlen(10**12) == 1  # never fewer entries than that
+    assert positions_maxlen(1000, max_bytes=10_000) == 10

@@ -12,20 +12,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
+import redis.asyncio as aioredis
 from fastapi import FastAPI
-from psycopg_pool import ConnectionPool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import check_declared
+from api.db import read_pool, sync_pool
 from api.deps import ApiConfig
 from api.inputs import MAX_BODY_BYTES
+from api.livefleet import LiveFleet
+from api.metrics import RequestMetrics
+from api.metrics import router as metrics_router
 from api.routes import (
+    activity,
     audit,
     commands,
+    deadletters,
     devices,
     events,
+    gbfs,
     health,
     keys,
+    mds,
     service_status,
     utilization,
     vehicles,
@@ -41,20 +49,18 @@ def create_app(config: ApiConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis.Redis.from_url(config.redis_url)
         app.state.config = config
-        app.state.redis = client
+        app.state.redis = client  # synchronous: for the shared helpers that run in threads
+        app.state.aredis = aioredis.Redis.from_url(config.redis_url)
         app.state.live = LiveState(client)
         app.state.registry = None
-        # Key lookups run on every request: a new connection would cost its password exchange each
-        # time (about 30 ms here); pooled ones answer in well under a millisecond.
-        app.state.auth_pool = ConnectionPool(
-            config.database_url,
-            min_size=1,
-            max_size=AUTH_POOL_SIZE,
-            kwargs={"connect_timeout": 5, "application_name": "fleet api auth"},
-            check=ConnectionPool.check_connection,
-            open=False,
-        )
-        app.state.auth_pool.open(wait=False)
+        # Key lookups run on every request, in threads, on a pool of their own so writes never
+        # starve them (`api.db` says why every connection here is pooled).
+        app.state.auth_pool = sync_pool(config.database_url, "fleet api auth", AUTH_POOL_SIZE)
+        app.state.pool = sync_pool(config.database_url, "fleet api writes")
+        app.state.db = read_pool(config.database_url)
+        await app.state.db.open(wait=False)
+        app.state.fleet = LiveFleet(app.state.aredis, app.state.db)
+        app.state.gbfs_cache = None
         if config.mqtt_admin_url:
             from gateway.broker_admin import BrokerAdmin
             from gateway.registry import DeviceRegistry
@@ -65,17 +71,24 @@ def create_app(config: ApiConfig) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.fleet.close()
             if app.state.registry is not None:
                 app.state.registry.close()
+            await app.state.db.close()
+            app.state.pool.close()
             app.state.auth_pool.close()
+            await app.state.aredis.aclose()
             client.close()
 
     docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Fleet gateway", version="0.1.0", lifespan=lifespan, **docs)  # type: ignore[arg-type]
-    for module in (health, vehicles, devices, service_status, zones, events, utilization, commands, keys, audit):
+    for module in (health, vehicles, devices, service_status, zones, events, utilization, activity, deadletters,
+                   commands, keys, audit, gbfs, mds):  # fmt: skip
         app.include_router(module.router)
+    app.include_router(metrics_router)
     check_declared(app.routes)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestMetrics)
     return app
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis
 from fastapi import Depends, Request
 
+from api.mobility import SystemInfo
 from gateway.settings import redacted_repr
 from ingest.livestate import LiveState
 
@@ -20,6 +21,8 @@ class ApiConfig:
     redis_url: str
     mqtt_admin_url: str | None = None
     docs: bool = True  # serve /docs, /redoc and /openapi.json (public: the document holds no secret)
+    mqtt_url: str | None = None  # the broker, for /readyz (any account: only its answer is checked)
+    system: SystemInfo = field(default_factory=SystemInfo)  # how the GBFS and MDS feeds name the system
 
     __repr__ = redacted_repr
 

@@ -20,6 +20,9 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="State folder (default .fleet/).")]
+MetricsPort = Annotated[
+    int, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (0: off).", min=0, max=65535)
+]
 
 
 # -- stack ----------------------------------------------------------------------------------------
@@ -109,8 +112,10 @@ def gateway(
             "gateway takes them all, which is what survives a broker restart losing nothing."
         ),
     ] = False,
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Run a gateway process (MQTT → Redis stream). Several may run side by side with distinct ids."""
+    from gateway import metrics
     from gateway.config import resolve
     from gateway.process import setup_logging
     from gateway.service import run_gateway
@@ -118,6 +123,7 @@ def gateway(
     setup_logging()
     settings = Settings.at(state_dir)
     endpoints = resolve(settings, service="gateway")
+    metrics.serve(metrics_port)
     code = run_gateway(
         endpoints.mqtt_url,
         endpoints.redis_url,
@@ -135,8 +141,10 @@ def gateway(
 def ingest(
     state_dir: StateDir = None,
     instance: Annotated[str | None, typer.Option(help="Stable id of this worker (its consumer name).")] = None,
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Run an ingest worker (Redis stream → TimescaleDB + live state). Several may run side by side."""
+    from gateway import metrics
     from gateway.config import resolve
     from gateway.process import setup_logging
     from ingest.service import run_ingest
@@ -144,6 +152,7 @@ def ingest(
     setup_logging()
     settings = Settings.at(state_dir)
     endpoints = resolve(settings, service="ingest")
+    metrics.serve(metrics_port, endpoints.redis_url, ["ingest"])
     run_ingest(
         endpoints.redis_url,
         endpoints.database_url,
@@ -175,7 +184,8 @@ def api(
         console.print("[red]HTTPS needs both a certificate and its key (--tls-cert and --tls-key)[/red]")
         raise typer.Exit(2)
     endpoints = resolve(settings, service="api")
-    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs)
+    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs,
+                       mqtt_url=endpoints.mqtt_url or endpoints.mqtt_admin_url or settings.mqtt_url)  # fmt: skip
     uvicorn.run(
         create_app(config),
         host=host or settings.api_host,
@@ -188,15 +198,19 @@ def api(
 
 @app.command()
 def geofence(
-    state_dir: StateDir = None, instance: Annotated[str | None, typer.Option(help="Stable worker id.")] = None
+    state_dir: StateDir = None,
+    instance: Annotated[str | None, typer.Option(help="Stable worker id.")] = None,
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Run the geofence worker (zone events, trips, utilization rollups) on committed positions."""
+    from gateway import metrics
     from gateway.config import resolve
     from gateway.process import setup_logging
     from geofence.service import run_geofence
 
     setup_logging()
     endpoints = resolve(Settings.at(state_dir), service="geofence")
+    metrics.serve(metrics_port, endpoints.redis_url, ["geofence"])
     run_geofence(endpoints.redis_url, endpoints.database_url, instance=instance)
 
 

@@ -33,7 +33,7 @@ import orjson
 import psycopg
 import redis
 
-from gateway import keys
+from gateway import keys, metrics
 from gateway.poison import split_refused
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
@@ -204,8 +204,12 @@ class GeofenceWorker:
                 return
             work = self._compute(batch, *loaded)
             work.first_entry = entries[0][0].decode()
+            started = time.perf_counter()
             if self._retry(stop, lambda: self._write(work)) is None:
                 return  # stopping: the entries stay pending and are replayed
+            metrics.COMMIT_SECONDS.labels("geofence").observe(time.perf_counter() - started)
+            metrics.MESSAGES_IN.labels("geofence").inc(len(batch))
+            metrics.BATCH_SIZE.labels("geofence").observe(len(batch))
         if self._retry(stop, lambda: self._commit(work, [eid for eid, _ in entries])) is None:
             return
         self.stats.entries += len(entries)
@@ -295,6 +299,8 @@ class GeofenceWorker:
                 for r in split.refused
             ])  # fmt: skip
         self.stats.skipped += len(split.refused)
+        if split.refused:
+            metrics.DEAD_LETTERS.labels("geofence", "db_refused").inc(len(split.refused))
         return inserted
 
     def _commit(self, work: _Work, ids: list[bytes]) -> bool:

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ import psycopg
 import redis
 from psycopg import errors
 
-from gateway import keys
+from gateway import keys, metrics
 from gateway.poison import Refused
 from gateway.ratelimit import RateLimitedLog
 from gateway.records import DeadLetter, Telemetry
@@ -161,9 +162,15 @@ class IngestWorker:
     def _process(self, entries: Entries, stop: threading.Event) -> None:
         batch = self._decode(entries)
         self._retry(stop, lambda: self._live.apply(latest_patches(batch.records, batch.received)))
+        started = time.perf_counter()
         result = self._retry(stop, lambda: self._write(batch))
         if result is None:  # stopping: leave the entries pending for whoever comes next
             return
+        metrics.COMMIT_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+        metrics.MESSAGES_IN.labels("ingest").inc(len(batch.records))
+        metrics.BATCH_SIZE.labels("ingest").observe(len(batch.records))
+        for row in batch.dead:
+            metrics.DEAD_LETTERS.labels("ingest", row.letter.reason).inc()
         self._retry(stop, lambda: self._ack(batch, result))
         self.stats.entries += len(batch.ids)
         self.stats.inserted += result.inserted

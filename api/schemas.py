@@ -199,3 +199,84 @@ class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     checks: dict[str, str]
     stages: dict[str, StageLag]
+
+
+class ZoneGeometry(BaseModel):
+    type: Literal["Polygon", "MultiPolygon"]
+    coordinates: list[Any]
+
+
+class ZoneProperties(BaseModel):
+    kind: Literal["service_area", "no_parking", "slow", "no_ride"]
+    name: str
+    speed_limit_kmh: float | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ZoneFeature(BaseModel):
+    type: Literal["Feature"]
+    id: str
+    geometry: ZoneGeometry
+    properties: ZoneProperties
+
+
+class ZoneCollection(BaseModel):
+    type: Literal["FeatureCollection"]
+    features: list[ZoneFeature]
+
+
+class ApiKeyPublic(BaseModel):
+    id: str
+    name: str
+    role: Literal["viewer", "operator", "admin"]
+    created_at: datetime | None
+    created_by: str | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str = Field(description="the key itself: shown in this answer only")
+
+
+class AuditEntry(BaseModel):
+    id: int
+    time: datetime
+    key_id: str | None
+    key_name: str
+    role: str | None
+    action: str
+    route: str | None
+    target: str | None
+    before: Any
+    after: Any
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_before_id: int | None
+
+
+class ServiceChange(BaseModel):
+    since: datetime
+    status: Literal["in_service", "maintenance", "inactive"]
+
+
+class ServiceStatusPublic(BaseModel):
+    device_id: str
+    status: Literal["in_service", "maintenance", "inactive"]
+    since: datetime
+
+
+class ServiceHistory(BaseModel):
+    device_id: str
+    status: Literal["in_service", "maintenance", "inactive"]
+    history: list[ServiceChange]
+
+
+def body_of(model: type[BaseModel], media_type: str, status: int = 200) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route that serialises its own body (GeoJSON, MDS): `model` under its media type."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {status: {"model": model, "content": {media_type: {"schema": ref}}}}

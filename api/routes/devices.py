@@ -20,7 +20,6 @@ from api.auth import VIEWER, AdminKey, route_of
 from api.keystore import Actor
 from gateway.broker_admin import BrokerAdminError
 from gateway.registry import DeviceExists, DeviceRegistry, DeviceSpec, RegistryError, UnknownDevice
-from geofence.store import connect
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
@@ -73,10 +72,10 @@ async def _call(action: Callable[..., Any], *args: Any) -> Any:
 
 
 async def _audit(request: Request, actor: Actor, action: str, target: str, before: Any, after: Any) -> None:
-    database_url = request.app.state.config.database_url
+    pool = request.app.state.pool
 
     def write() -> None:
-        with connect(database_url, "fleet api audit") as conn:
+        with pool.connection() as conn:
             keystore.record(conn, actor, action, target, before, after, route_of(request))
 
     await run_in_threadpool(write)

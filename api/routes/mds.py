@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from api import mobility
 from api.auth import VIEWER
 from api.db import DbDep, fetch
+from api.schemas import body_of
 
 router = APIRouter(prefix="/mds/2.0", tags=["MDS 2.0 provider"], dependencies=[VIEWER])
 
@@ -83,7 +84,7 @@ def _next(request: Request, cursor: str | None) -> str | None:
 
 
 Cursor = Annotated[str | None, Query(max_length=400)]
-_ok = {200: {"model": MdsVehicles, "content": {MEDIA_TYPE: {}}}}
+_ok = body_of(MdsVehicles, MEDIA_TYPE)
 
 
 @router.get("/vehicles", response_model=None, responses=_ok)
@@ -104,7 +105,7 @@ async def vehicles(request: Request, db: DbDep, cursor: Cursor = None) -> Respon
     })  # fmt: skip
 
 
-@router.get("/telemetry", response_model=None, responses={200: {"model": MdsTelemetry, "content": {MEDIA_TYPE: {}}}})
+@router.get("/telemetry", response_model=None, responses=body_of(MdsTelemetry, MEDIA_TYPE))
 async def telemetry(
     request: Request,
     db: DbDep,

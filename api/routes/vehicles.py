@@ -13,13 +13,14 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel
 
 from api import fleetview
 from api.auth import VIEWER
 from api.db import AsyncRedisDep, DbDep
 from api.inputs import FleetTime
 from api.livefleet import LiveFleet
-from api.schemas import TrackFeature, VehicleCollection, VehicleFeature
+from api.schemas import TrackFeature, VehicleCollection, VehicleFeature, body_of
 from gateway import keys
 from geofence import store
 
@@ -46,8 +47,8 @@ def _geojson(body: bytes) -> Response:
     return Response(body, media_type=GEOJSON)
 
 
-def _ok(model: type) -> dict[int | str, dict[str, Any]]:
-    return {200: {"model": model, "content": {GEOJSON: {}}}}
+def _ok(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return body_of(model, GEOJSON)
 
 
 def _bbox(text: str | None) -> tuple[float, float, float, float] | None:

@@ -29,6 +29,7 @@ def gbfs_errors(feed: str, document: Any) -> list[str]:
     return [f"{list(e.absolute_path)}: {e.message}" for e in gbfs_validator(feed).iter_errors(document)]
 
 
+@cache  # each file parsed once: resolving a reference must not read YAML again
 def _retrieve(uri: str) -> Resource[Any]:
     path = Path(uri.removeprefix("file://"))
     if not path.is_file():

@@ -3,7 +3,8 @@
 `vehicle_status` is built from the API's live snapshot (at most `api.livefleet.STALE_S` behind Redis)
 and cached for one snapshot; it lists vehicles heard from in the last five minutes that are not in
 an active rental, each under its rotating public id (`api.mobility.rotate`, stored in the table
-`gbfs_vehicle_ids`). The documents are those of `api.mobility`.
+`gbfs_vehicle_ids`). A vehicle seen in a rental loses its id at once, so it comes back under a new
+one even when its trip was never stored. The documents are those of `api.mobility`.
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ async def _vehicle_status(snapshot: Snapshot, db: AsyncConnectionPool) -> dict[s
         trips = await (await conn.execute(_TRIPS)).fetchall()
         last_trip = {d: t for d, t, _ in trips if t is not None}
         ongoing = {d for d, _, o in trips if o}
-        listed = [d for d, (state, _) in states.items() if not mobility.in_rental(state, d in ongoing)]
+        renting = {d for d, (state, _) in states.items() if mobility.in_rental(state, d in ongoing)}
+        listed = [d for d in states if d not in renting]
+        if renting:  # a vehicle seen in a rental comes back under a new id, even if no trip was stored
+            await conn.execute("DELETE FROM gbfs_vehicle_ids WHERE device_id = ANY(%s)", (list(renting),))
         held = await _public_ids(conn)
         changed = mobility.rotate(held, last_trip, listed, lambda: secrets.token_urlsafe(12))
         if changed:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import check_declared
+from api.auth import check_declared, document_refusals
 from api.db import read_pool, sync_pool
 from api.deps import ApiConfig
 from api.inputs import MAX_BODY_BYTES
@@ -87,9 +89,24 @@ def create_app(config: ApiConfig) -> FastAPI:
         app.include_router(module.router)
     app.include_router(metrics_router)
     check_declared(app.routes)
+    document_refusals(app.routes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestMetrics)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with what a 422 really holds: a list of problems from input validation, or
+    one sentence from a route's own checks (`from` after `to`, a malformed bounding box, ...)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+        if error is not None:
+            listed = error["properties"]["detail"]
+            error["properties"]["detail"] = {"anyOf": [listed, {"type": "string"}], "title": "Detail"}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 class BodyLimit:

@@ -105,7 +105,10 @@ async def vehicles(request: Request, db: DbDep, cursor: Cursor = None) -> Respon
     })  # fmt: skip
 
 
-@router.get("/telemetry", response_model=None, responses=body_of(MdsTelemetry, MEDIA_TYPE))
+_NOT_AN_HOUR = {400: {"description": "telemetry_time is not a UTC hour (YYYY-MM-DDTHH)"}}
+
+
+@router.get("/telemetry", response_model=None, responses={**body_of(MdsTelemetry, MEDIA_TYPE), **_NOT_AN_HOUR})
 async def telemetry(
     request: Request,
     db: DbDep,

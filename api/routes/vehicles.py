@@ -28,6 +28,8 @@ router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"], dependencies=[VIEWE
 
 GEOJSON = "application/geo+json"
 MAX_PAGE = 100_000
+_NUMBER = r"-?[0-9]{1,3}(\.[0-9]{1,12})?"
+BBOX = rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$"
 TRACK_DEFAULT = timedelta(hours=1)
 TRACK_MAX_WINDOW = timedelta(days=31)
 TRACK_MAX_POINTS = 2_000  # a longer window is downsampled with time_bucket to about this many
@@ -63,11 +65,11 @@ def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
     return x0, y0, x1, y1
 
 
-@router.get("", response_model=None, responses=_ok(VehicleCollection))
+@router.get("", response_model=None, responses={**_ok(VehicleCollection), 404: {"description": "unknown zone"}})
 async def list_vehicles(
     request: Request,
     db: DbDep,
-    bbox: Annotated[str | None, Query(description="min_lon,min_lat,max_lon,max_lat", max_length=200)] = None,
+    bbox: Annotated[str | None, Query(description="min_lon,min_lat,max_lon,max_lat", pattern=BBOX)] = None,
     state: Annotated[list[fleetview.VehicleState] | None, Query(description="any of these states")] = None,
     battery_below: Annotated[float | None, Query(ge=0, le=100, description="battery_pct below this")] = None,
     zone: Annotated[str | None, Query(max_length=64, description="inside this zone (its id)")] = None,

@@ -103,6 +103,7 @@ class Snapshot:
     taken_at: float
     entries: Mapping[str, Entry]
     ids: np.ndarray  # str objects, sorted
+    index: Mapping[str, int]  # id → row
     features: Sequence[bytes]
     lon: np.ndarray
     lat: np.ndarray
@@ -119,23 +120,36 @@ def build(
     previous: Snapshot | None, taken_at: float,
 ) -> Snapshot:  # fmt: skip
     """A snapshot from the raw Redis hashes (`fleet:vehicles`, `fleet:online`) and the ids in
-    maintenance, reusing `previous` entries whose inputs are unchanged."""
+    maintenance, reusing `previous` entries whose inputs are unchanged. When the set of vehicles is
+    the same as before (the usual case between two refreshes), the previous order is kept and only
+    the changed rows are written, so no sort and no rebuild of the columns."""
     old = previous.entries if previous is not None else {}
     entries: dict[str, Entry] = {}
+    changed: list[str] = []
+    added = False
     for key, raw in states.items():
         device_id = key.decode(errors="replace")
         is_online, in_maintenance = online.get(key) == b"1", device_id in maintenance
         entry = old.get(device_id)
         if entry is None or entry.raw != raw or entry.online != is_online or entry.maintenance != in_maintenance:
-            entry = build_entry(raw, is_online, in_maintenance)
-        if entry is not None:
-            entries[device_id] = entry
+            fresh = build_entry(raw, is_online, in_maintenance)
+            if fresh is None:
+                continue
+            if entry is None:
+                added = True
+            else:
+                changed.append(device_id)
+            entry = fresh
+        entries[device_id] = entry
+    if previous is not None and not added and len(entries) == len(previous.entries):
+        return _patched(previous, entries, changed, taken_at)
     order = sorted(entries)
     chosen = [entries[i] for i in order]
     return Snapshot(
         taken_at=taken_at,
         entries=entries,
         ids=np.array(order, dtype=object),
+        index={device_id: i for i, device_id in enumerate(order)},
         features=[e.feature for e in chosen],
         lon=np.fromiter((e.lon for e in chosen), float, len(chosen)),
         lat=np.fromiter((e.lat for e in chosen), float, len(chosen)),
@@ -143,6 +157,24 @@ def build(
         online=np.fromiter((e.online for e in chosen), bool, len(chosen)),
         state=np.fromiter((e.state for e in chosen), np.int8, len(chosen)),
     )
+
+
+def _patched(previous: Snapshot, entries: dict[str, Entry], changed: list[str], taken_at: float) -> Snapshot:
+    """The previous snapshot's columns, copied, with the changed vehicles' rows written."""
+    features = list(previous.features)
+    lon, lat, battery = previous.lon.copy(), previous.lat.copy(), previous.battery.copy()
+    online, state = previous.online.copy(), previous.state.copy()
+    for device_id in changed:
+        i, e = previous.index[device_id], entries[device_id]
+        features[i], lon[i], lat[i], battery[i], online[i], state[i] = (
+            e.feature,
+            e.lon,
+            e.lat,
+            e.battery,
+            e.online,
+            e.state,
+        )
+    return Snapshot(taken_at, entries, previous.ids, previous.index, features, lon, lat, battery, online, state)
 
 
 @dataclass(frozen=True, slots=True)

@@ -443,6 +443,12 @@ def bench_session(ctx: typer.Context) -> None:
     _run_bench("session", ctx.args)
 
 
+@bench_app.command("api", context_settings=_PASS_THROUGH)
+def bench_api(ctx: typer.Context) -> None:
+    """The map API on 100,000 live vehicles: the whole fleet and 1 % bounding boxes, p50/p95."""
+    _run_bench("api", ctx.args)
+
+
 # -- commands (the subcommands live in commands/cli.py) --------------------------------------------
 from commands.cli import app as commands_app  # noqa: E402 - kept in this one block
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -124,3 +125,22 @@ def test_the_core_imports_no_io() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@settings(max_examples=100, deadline=None)
+@given(FLEET, FLEET)
+def test_a_snapshot_built_on_the_previous_one_equals_one_built_afresh(before, after) -> None:  # type: ignore[no-untyped-def]
+    """Whether rows are patched in place or everything is rebuilt, the snapshot is the same."""
+    shared = {k: after.get(k, v) for k, v in before.items()}  # the same ids, some states changed
+    for fleet_after in (after, shared):
+        incremental = fleetview.build(*_raw(fleet_after), _snapshot(before), 1.0)
+        fresh = fleetview.build(*_raw(fleet_after), None, 1.0)
+        assert list(incremental.ids) == list(fresh.ids) and list(incremental.features) == list(fresh.features)
+        for column in ("lon", "lat", "battery", "online", "state"):
+            assert np.array_equal(getattr(incremental, column), getattr(fresh, column), equal_nan=column == "battery")
+
+
+def _raw(fleet: dict[str, tuple[dict[str, object], bool, bool]]):  # type: ignore[no-untyped-def]
+    states = {k.encode(): orjson.dumps({"id": k, **s}) for k, (s, _, _) in fleet.items()}
+    online = {k.encode(): b"1" if on else b"0" for k, (_, on, _) in fleet.items()}
+    return states, online, frozenset(k for k, (_, _, m) in fleet.items() if m)

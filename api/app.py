@@ -41,7 +41,6 @@ from api.routes import (
     vehicles,
     zones,
 )
-from ingest.livestate import LiveState
 
 AUTH_POOL_SIZE = 4  # at most this many key lookups at once; more wait for a connection
 
@@ -53,7 +52,6 @@ def create_app(config: ApiConfig) -> FastAPI:
         app.state.config = config
         app.state.redis = client  # synchronous: for the shared helpers that run in threads
         app.state.aredis = aioredis.Redis.from_url(config.redis_url)
-        app.state.live = LiveState(client)
         app.state.registry = None
         # Key lookups run on every request, in threads, on a pool of their own so writes never
         # starve them (`api.db` says why every connection here is pooled).

@@ -10,7 +10,6 @@ from fastapi import Depends, Request
 
 from api.mobility import SystemInfo
 from gateway.settings import redacted_repr
-from ingest.livestate import LiveState
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -31,14 +30,9 @@ def get_config(request: Request) -> ApiConfig:
     return request.app.state.config
 
 
-def get_live(request: Request) -> LiveState:
-    return request.app.state.live
-
-
 def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
 
 
 ConfigDep = Annotated[ApiConfig, Depends(get_config)]
-LiveDep = Annotated[LiveState, Depends(get_live)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]

@@ -4,7 +4,9 @@ A request takes the current snapshot when it is at most `FRESH_S` old (a refresh
 fleet from Redis, tens of MB at 100,000 vehicles: every 2 s is a fair share of two cores). An older one is still served
 while a refresh runs (one at a time), as long as it is at most `STALE_S` old; past that, or with no
 snapshot yet, the request waits for the refresh. So answers are never more than `STALE_S` behind
-Redis, and under steady load about `FRESH_S` plus one refresh.
+Redis, and under steady load about `FRESH_S` plus one refresh. `STALE_S` is generous on purpose: a
+refresh of 100,000 vehicles on a busy 2-core machine took seconds, and a request should not wait
+for one while a snapshot a few seconds old is at hand.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from api import fleetview
 from gateway import keys
 
 FRESH_S = 2.0
-STALE_S = 5.0
+STALE_S = 30.0
 BODIES = 16
 _MAINTENANCE = (
     "SELECT device_id FROM (SELECT DISTINCT ON (device_id) device_id, status FROM device_service"

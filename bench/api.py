@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import multiprocessing
 import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent)]
@@ -74,8 +75,9 @@ def fill(redis_url: str, ids: list[str], rng: random.Random) -> None:
     client.close()
 
 
-def writer(redis_url: str, ids: list[str], per_s: int, stop: threading.Event) -> None:
-    """`per_s` vehicles a second get a new state, in 10 batches a second (ingest's shape)."""
+def writer(redis_url: str, ids: list[str], per_s: int, stop: Any) -> None:
+    """`per_s` vehicles a second get a new state, in 10 batches a second (ingest's shape). A process
+    of its own: in the client's process it would take the GIL from the timed requests."""
     if per_s <= 0:
         return
     client = redis.Redis.from_url(redis_url)
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"ba{random.Random().randrange(36**4):04x}-"
     ids = [f"{prefix}{i:06d}" for i in range(args.vehicles)]
     rng = random.Random(args.seed)
-    stop = threading.Event()
+    stop = multiprocessing.get_context("fork").Event()
     proc = None
     try:
         started = time.monotonic()
@@ -169,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"the API did not start (log: {workdir / 'api.log'})") from None
                 time.sleep(0.2)
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        thread = threading.Thread(target=writer, args=(redis_url, ids, args.updates_per_s, stop), daemon=True)
-        thread.start()
+        writing = multiprocessing.get_context("fork").Process(
+            target=writer, args=(redis_url, ids, args.updates_per_s, stop), daemon=True
+        )
+        writing.start()
         for _ in range(5):  # warm-up: the first snapshot is built, then only changes are
             timed_get(conn, "/v1/vehicles?limit=100000", headers)
             time.sleep(0.3)
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             bx, by = rng.uniform(x0, x1 - w), rng.uniform(y0, y1 - h)
             boxes.append(timed_get(conn, f"/v1/vehicles?bbox={bx:.6f},{by:.6f},{bx + w:.6f},{by + h:.6f}", headers))
         stop.set()
-        thread.join()
+        writing.join()
         print(f"machine: {os.cpu_count()} cores; {args.updates_per_s:,} states changed a second meanwhile")
         ok = report("fleet", [t for t, _ in fleet], [n for _, n in fleet])
         ok &= report("box", [t for t, _ in boxes], [n for _, n in boxes])

@@ -59,7 +59,8 @@ def create_app(config: ApiConfig) -> FastAPI:
         app.state.pool = sync_pool(config.database_url, "fleet api writes")
         app.state.db = read_pool(config.database_url)
         await app.state.db.open(wait=False)
-        app.state.fleet = LiveFleet(client, app.state.db)
+        app.state.fleet = LiveFleet(client, app.state.db, app.state.aredis)
+        app.state.fleet.start()
         app.state.gbfs_cache = None
         if config.mqtt_admin_url:
             from gateway.broker_admin import BrokerAdmin

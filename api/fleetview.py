@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -245,3 +245,28 @@ def in_zone(snapshot: Snapshot, geometry: Mapping[str, Any]) -> np.ndarray:
     polygon = shape(geometry)
     shapely.prepare(polygon)
     return shapely.intersects_xy(polygon, snapshot.lon, snapshot.lat)
+
+
+def apply(
+    previous: Snapshot, changed: Mapping[str, bytes], online: Mapping[bytes, bytes], maintenance: frozenset[str],
+    taken_at: float,
+) -> Snapshot | None:  # fmt: skip
+    """`previous` with the states published since (`changed`: id → state JSON) and the current online
+    flags and maintenance set; None when a vehicle appeared or lost its position (then the caller
+    builds from the whole hash). Costs one pass over the flags and a parse per changed vehicle."""
+    touched = {d: raw for d, raw in changed.items()}
+    for device_id, entry in previous.entries.items():
+        is_online = online.get(device_id.encode()) == b"1"
+        if (entry.online != is_online or entry.maintenance != (device_id in maintenance)) and device_id not in touched:
+            touched[device_id] = entry.raw
+    if not touched:
+        return replace(previous, taken_at=taken_at)
+    entries = dict(previous.entries)
+    for device_id, raw in touched.items():
+        if device_id not in entries:
+            return None
+        fresh = build_entry(raw, online.get(device_id.encode()) == b"1", device_id in maintenance)
+        if fresh is None:
+            return None
+        entries[device_id] = fresh
+    return _patched(previous, entries, list(touched), taken_at)

@@ -244,3 +244,32 @@ def test_readyz_reports_every_stage_and_metrics_need_a_key(fleet: Endpoints, api
     text = api.get("/metrics").text
     assert 'fleet_api_stream_lag{stage="ingest"} 5.0' in text
     assert 'fleet_api_requests_total{method="GET",route="/readyz",status="200"}' in text
+
+
+def test_the_snapshot_follows_published_changes_without_reading_the_whole_hash(
+    fleet: Endpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_harness import wait_for
+
+    from api import livefleet
+
+    monkeypatch.setattr(livefleet, "FRESH_S", 0.05)
+    put_live(fleet, {"f-1": {"lon": 13.40, "lat": 52.50, "locked": True}, "f-2": {"lon": 13.5, "lat": 52.6}},
+             {"f-1": True, "f-2": True})  # fmt: skip
+    with api_client(fleet, Role.VIEWER) as api:
+        assert _ids(api.get("/v1/vehicles")) == ["f-1", "f-2"]
+        live: livefleet.LiveFleet = api.app.state.fleet  # type: ignore[attr-defined]
+        wait_for(lambda: live._following, what="subscribed to fleet:live")
+        api.get("/v1/vehicles")
+        time.sleep(0.1)
+        api.get("/v1/vehicles")  # a full read after subscribing: from here on, changes are followed
+        wait_for(lambda: live._snapshot is not None and live._resynced_at > 0, what="a full read")
+        full_read_at = live._resynced_at
+        put_live(fleet, {"f-1": {"lon": 13.45, "lat": 52.55, "locked": False, "speed_kmh": 20.0}}, {})
+
+        def moved() -> bool:
+            feature = api.get("/v1/vehicles", params={"state": "riding"}).json()["features"]
+            return [f["geometry"]["coordinates"] for f in feature] == [[13.45, 52.55]]
+
+        wait_for(moved, timeout=10, what="the move seen in the listing")
+        assert live._resynced_at == full_read_at  # seen through fleet:live, not by reading the hash again

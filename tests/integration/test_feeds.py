@@ -29,6 +29,7 @@ PUBLIC = {"Authorization": ""}
 def feeds(clean: Endpoints, monkeypatch: pytest.MonkeyPatch) -> Endpoints:
     monkeypatch.setattr(livefleet, "FRESH_S", 0.0)  # every request sees the state just written
     monkeypatch.setattr(livefleet, "STALE_S", 0.0)
+    monkeypatch.setattr(livefleet, "RESYNC_S", 0.0)  # and reads it whole, not from what was published
     with psycopg.connect(clean.database_url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {GEO_TABLES}")
     return clean

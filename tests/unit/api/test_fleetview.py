@@ -144,3 +144,21 @@ def _raw(fleet: dict[str, tuple[dict[str, object], bool, bool]]):  # type: ignor
     states = {k.encode(): orjson.dumps({"id": k, **s}) for k, (s, _, _) in fleet.items()}
     online = {k.encode(): b"1" if on else b"0" for k, (_, on, _) in fleet.items()}
     return states, online, frozenset(k for k, (_, _, m) in fleet.items() if m)
+
+
+@settings(max_examples=100, deadline=None)
+@given(FLEET, st.data())
+def test_published_changes_applied_equal_a_build_from_the_whole_hash(before, data) -> None:  # type: ignore[no-untyped-def]
+    """What the API gets from `fleet:live` between two full reads, applied to the last snapshot,
+    gives the snapshot a full read would (or None, when only a full read can tell)."""
+    after = {k: data.draw(st.tuples(STATE, st.booleans(), st.booleans())) if data.draw(st.booleans()) else v
+             for k, v in before.items()}  # fmt: skip
+    previous = _snapshot(before)
+    states, online, maintenance = _raw(after)
+    changed = {k: states[k.encode()] for k in after if after[k][0] != before[k][0]}
+    applied = fleetview.apply(previous, changed, online, maintenance, 1.0)
+    fresh = fleetview.build(states, online, maintenance, None, 1.0)
+    assert applied is not None
+    assert list(applied.ids) == list(fresh.ids) and list(applied.features) == list(fresh.features)
+    assert np.array_equal(applied.state, fresh.state) and np.array_equal(applied.lon, fresh.lon)
+    assert fleetview.apply(previous, {"new-one": b'{"id":"new-one","lon":1,"lat":2}'}, online, maintenance, 2.0) is None

@@ -23,6 +23,7 @@ import http.client
 import multiprocessing
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boxes", type=int, default=300, help="bounding-box requests timed")
     parser.add_argument("--updates-per-s", type=int, default=10_000, help="live states changed meanwhile")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (API log, stack)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-api-"))
     external = all(os.environ.get(k) for k in ("FLEET_DATABASE_URL", "FLEET_REDIS_URL", "FLEET_MQTT_URL"))
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=15)
         if stack is not None:
             stack.down()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
         elif external:
             client = redis.Redis.from_url(redis_url)
             for i in range(0, len(ids), 5000):

@@ -170,6 +170,24 @@ def check_declared(routes: Sequence[Any]) -> None:
         raise RuntimeError(f"routes without a declared role (add VIEWER, OPERATOR, ADMIN or PUBLIC_ROUTE): {missing}")
 
 
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no API key, or an unknown or revoked one"},
+    403: {"description": "the key's role is below the route's"},
+    503: {"description": "the database does not answer, so the key cannot be checked"},
+}
+
+
+def document_refusals(routes: Sequence[Any]) -> None:
+    """Name the answers every keyed route may give before it runs (401, 403, 503), and the 404 of
+    every route with an id in its path, in the OpenAPI document, so clients and schema tests know them."""
+    for route in api_routes(routes):
+        if route_access(route) not in (None, PUBLIC):
+            for status, answer in _REFUSALS.items():  # in place: a nested route's answers are its context's
+                route.responses.setdefault(status, answer)
+        if "{" in route.path:
+            route.responses.setdefault(404, {"description": "nothing known by that id"})
+
+
 def route_of(request: Request) -> str:
     """`PUT /v1/zones/{zone_id}`: the route template a request matched, for the audit trail."""
     route = request.scope.get("route")

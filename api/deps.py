@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis
 from fastapi import Depends, Request
 
-from kernel.livestate import LiveState
+from api.mobility import SystemInfo
 from kernel.settings import redacted_repr
 
 
@@ -22,6 +22,8 @@ class ApiConfig:
     docs: bool = True  # serve /docs, /redoc and /openapi.json (public: the document holds no secret)
     webhook_secret: bytes | None = None  # the shop's shared secret (api/routes/webhooks.py); None: 503
     webhook_tolerance_s: float = 300.0
+    mqtt_url: str | None = None  # the broker, for /readyz (any account: only its answer is checked)
+    system: SystemInfo = field(default_factory=SystemInfo)  # how the GBFS and MDS feeds name the system
 
     __repr__ = redacted_repr
 
@@ -30,14 +32,9 @@ def get_config(request: Request) -> ApiConfig:
     return request.app.state.config
 
 
-def get_live(request: Request) -> LiveState:
-    return request.app.state.live
-
-
 def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
 
 
 ConfigDep = Annotated[ApiConfig, Depends(get_config)]
-LiveDep = Annotated[LiveState, Depends(get_live)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]

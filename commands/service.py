@@ -41,6 +41,7 @@ from commands.lifecycle import Acked, Step, Tick, step
 from commands.model import DESIRED_STATE, PENDING, TERMINAL, Action, Command, Rules, State, Vehicle
 from commands.theftwatch import Raised, TheftWatch
 from commands.wire import ACKS_STREAM, BadAck, command_topic, decode_ack_entry, encode_command, expiry_interval_s
+from kernel import metrics
 from kernel.deadletter_store import insert_dead_letters
 from kernel.livestate import LIVE_CHANNEL, ONLINE_KEY, VEHICLES_KEY
 from kernel.ratelimit import RateLimitedLog
@@ -358,6 +359,10 @@ class CommandService:
         if body:
             self._redis.publish(TRANSITIONS_CHANNEL, orjson.dumps(body))
             self.stats.transitions += len(body)
+        for applied_step in applied:
+            for t in applied_step.transitions:
+                if t.to_state in TERMINAL:
+                    metrics.COMMAND_OUTCOMES.labels(str(t.to_state)).inc()
 
 
 def _chain(steps: dict[str, tuple[Command, Step]], before: Command, so_far: Step, nxt: Step) -> None:

@@ -20,6 +20,9 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="State folder (default .fleet/).")]
+MetricsPort = Annotated[
+    int, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (0: off).", min=0, max=65535)
+]
 
 
 # -- stack ----------------------------------------------------------------------------------------
@@ -109,15 +112,18 @@ def gateway(
             "gateway takes them all, which is what survives a broker restart losing nothing."
         ),
     ] = False,
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Run a gateway process (MQTT → Redis stream). Several may run side by side with distinct ids."""
     from gateway.service import run_gateway
+    from kernel import metrics
     from kernel.process import setup_logging
     from localstack.resolve import resolve
 
     setup_logging()
     settings = Settings.at(state_dir)
     endpoints = resolve(settings, service="gateway")
+    metrics.serve(metrics_port)
     code = run_gateway(
         endpoints.mqtt_url,
         endpoints.redis_url,
@@ -135,15 +141,18 @@ def gateway(
 def ingest(
     state_dir: StateDir = None,
     instance: Annotated[str | None, typer.Option(help="Stable id of this worker (its consumer name).")] = None,
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Run an ingest worker (Redis stream → TimescaleDB + live state). Several may run side by side."""
     from ingest.service import run_ingest
+    from kernel import metrics
     from kernel.process import setup_logging
     from localstack.resolve import resolve
 
     setup_logging()
     settings = Settings.at(state_dir)
     endpoints = resolve(settings, service="ingest")
+    metrics.serve(metrics_port, endpoints.redis_url, ["ingest"])
     run_ingest(
         endpoints.redis_url,
         endpoints.database_url,
@@ -180,7 +189,8 @@ def api(
 
     hooks = WebhookSettings()
     config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs,
-                       webhook_secret=hooks.shared_secret(), webhook_tolerance_s=hooks.tolerance_s)  # fmt: skip
+                       webhook_secret=hooks.shared_secret(), webhook_tolerance_s=hooks.tolerance_s,
+                       mqtt_url=endpoints.mqtt_url or endpoints.mqtt_admin_url or settings.mqtt_url)  # fmt: skip
     uvicorn.run(
         create_app(config),
         host=host or settings.api_host,
@@ -193,16 +203,20 @@ def api(
 
 @app.command()
 def geofence(
-    state_dir: StateDir = None, instance: Annotated[str | None, typer.Option(help="Stable worker id.")] = None
+    state_dir: StateDir = None,
+    instance: Annotated[str | None, typer.Option(help="Stable worker id.")] = None,
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Run the geofence worker (zone events, trips, utilization rollups) on committed positions."""
     from geofence.service import run_geofence
+    from kernel import metrics
     from kernel.process import setup_logging
     from localstack.resolve import resolve
 
     setup_logging()
     settings = Settings.at(state_dir)
     endpoints = resolve(settings, service="geofence")
+    metrics.serve(metrics_port, endpoints.redis_url, ["geofence"])
     run_geofence(endpoints.redis_url, endpoints.database_url, instance=instance, ingest_stream=settings.stream_key,
                  ingest_group=settings.ingest_group)  # fmt: skip
 
@@ -441,6 +455,12 @@ def bench_hostile(ctx: typer.Context) -> None:
 def bench_session(ctx: typer.Context) -> None:
     """Records/s through the whole pipeline with our MQTT session and with paho (manual acks), and the ratio."""
     _run_bench("session", ctx.args)
+
+
+@bench_app.command("api", context_settings=_PASS_THROUGH)
+def bench_api(ctx: typer.Context) -> None:
+    """The map API on 100,000 live vehicles: the whole fleet and 1 % bounding boxes, p50/p95."""
+    _run_bench("api", ctx.args)
 
 
 # -- commands (the subcommands live in fleet/commands_cli.py) --------------------------------------------

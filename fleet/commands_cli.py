@@ -36,9 +36,13 @@ def _rules():  # type: ignore[no-untyped-def]
 def serve(
     state_dir: StateDir = None,
     instance: Annotated[str | None, typer.Option(help="Stable id of this service (its consumer name).")] = None,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (0: off).", min=0, max=65535)
+    ] = 0,
 ) -> None:
     """Run the command service (several may run). Rules from FLEET_COMMANDS_* (docs/commands.md)."""
     from commands.service import run_commands
+    from kernel import metrics
     from kernel.process import setup_logging
 
     setup_logging()
@@ -46,6 +50,7 @@ def serve(
     if not endpoints.mqtt_url:
         console.print("[red]no command service account: set FLEET_MQTT_COMMANDS_URL[/red]")
         raise typer.Exit(1)
+    metrics.serve(metrics_port, endpoints.redis_url, ["commands"])
     run_commands(endpoints.mqtt_url, endpoints.redis_url, endpoints.database_url, _rules(), instance)
 
 

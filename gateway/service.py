@@ -29,7 +29,7 @@ import redis
 from gateway import decoders
 from gateway.guarded_intake import classify_guarded, classify_isolated
 from gateway.intake import Intake, Outcome
-from kernel import keys
+from kernel import keys, metrics
 from kernel.mqtt_session import Inbound, MqttSession, SessionError
 from kernel.ratelimit import RateLimitedLog
 from kernel.records import RawMessage
@@ -308,7 +308,13 @@ class Gateway:
         counters.update(outcome.counters)
         for name, n in counters.items():
             pipe.hincrby(keys.COUNTERS, name, n)
+        started = time.perf_counter()
         pipe.execute()
+        metrics.COMMIT_SECONDS.labels("gateway").observe(time.perf_counter() - started)
+        metrics.MESSAGES_IN.labels("gateway").inc(len(outcome.messages))
+        metrics.BATCH_SIZE.labels("gateway").observe(len(outcome.messages))
+        for letter in entry.dead:
+            metrics.DEAD_LETTERS.labels("gateway", letter.reason).inc()
 
     def _refresh_registry(self, *, force: bool = False) -> None:
         """The gateway refuses reports from devices the registry does not know; the set is cached

@@ -42,7 +42,7 @@ from geofence.transitions import TransitionParams, ZoneEvent, transitions
 from geofence.tripcursor import TripCursor, continue_trips, positions, rollup_since
 from geofence.trips import Trip, TripParams
 from geofence.zoneset import ZoneSet
-from kernel import keys
+from kernel import keys, metrics
 from kernel.deadletter_store import DeadRow, insert_dead_letters, quarantine_rows, refusal
 from kernel.poison import split_refused
 from kernel.ratelimit import RateLimitedLog
@@ -257,8 +257,12 @@ class GeofenceWorker:
                 return
             work = self._compute(batch, *loaded)
             work.first_entry = entries[0][0].decode()
+            started = time.perf_counter()
             if self._retry(stop, lambda: self._write(work)) is None:
                 return  # stopping: the entries stay pending and are replayed
+            metrics.COMMIT_SECONDS.labels("geofence").observe(time.perf_counter() - started)
+            metrics.MESSAGES_IN.labels("geofence").inc(len(batch))
+            metrics.BATCH_SIZE.labels("geofence").observe(len(batch))
         work.positions = len(batch) + dropped
         if self._retry(stop, lambda: self._commit(work, [eid for eid, _ in entries])) is None:
             return
@@ -349,6 +353,8 @@ class GeofenceWorker:
                 for r in split.refused
             ])  # fmt: skip
         self.stats.skipped += len(split.refused)
+        if split.refused:
+            metrics.DEAD_LETTERS.labels("geofence", "db_refused").inc(len(split.refused))
         return inserted
 
     def _commit(self, work: _Work, ids: list[bytes]) -> bool:

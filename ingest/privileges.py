@@ -36,9 +36,10 @@ OWNER_ONLY = frozenset({"schema_migrations"})
 TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     # ingest/store.py: binary COPY, and on replays a temporary `LIKE telemetry` staging table (LIKE
     # reads the table's definition: SELECT) merged with INSERT ... ON CONFLICT DO NOTHING
-    "telemetry": {"ingest": READ_APPEND},
-    "device_keys": {"ingest": READ_APPEND},
-    "dead_letters": {"ingest": APPEND, "geofence": APPEND, "commands": APPEND},  # and what each refuses
+    # the API reads history for tracks and MDS telemetry, and dead letters for operators
+    "telemetry": {"ingest": READ_APPEND, "api": READ},
+    "device_keys": {"ingest": READ_APPEND, "api": READ},
+    "dead_letters": {"ingest": APPEND, "geofence": APPEND, "commands": APPEND, "api": READ},  # and what each refuses
     # the device registry (API) and the utilization rollup (geofence: registration dates)
     "devices": {"api": ALL_ROWS, "geofence": READ, "commands": READ, "lockout": READ},
     # zones are edited through the API; the geofence worker follows the catalog version
@@ -75,6 +76,8 @@ TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "webhook_events": {"api": READ_WRITE},
     "outbox": {"api": READ_APPEND, "lockout": READ_APPEND, "notify": READ_WRITE},
     "reminder_items": {"api": READ, "lockout": READ, "notify": ("SELECT", "INSERT", "DELETE")},
+    # the public GBFS feed's rotating vehicle ids (migration 0010), given out by the API
+    "gbfs_vehicle_ids": {"api": ALL_ROWS},
 }
 
 

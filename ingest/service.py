@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from psycopg import errors
 
 from ingest.positions import POSITIONS_MAX_BYTES, PositionsHandoff
 from ingest.store import DeviceKeys, WritePlan, WriteResult, telemetry_row, telemetry_rows, write_batch, write_refusing
-from kernel import keys
+from kernel import keys, metrics
 from kernel.deadletter_store import DeadRow, insert_dead_letters, quarantine_rows, refusal
 from kernel.livestate import LiveState, latest_patches
 from kernel.poison import Refused
@@ -154,9 +155,15 @@ class IngestWorker:
     def _process(self, entries: Entries, stop: threading.Event) -> None:
         batch = self._decode(entries)
         self._retry(stop, lambda: self._live.apply(latest_patches(batch.records, batch.received)))
+        started = time.perf_counter()
         result = self._retry(stop, lambda: self._write(batch))
         if result is None:  # stopping: leave the entries pending for whoever comes next
             return
+        metrics.COMMIT_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+        metrics.MESSAGES_IN.labels("ingest").inc(len(batch.records))
+        metrics.BATCH_SIZE.labels("ingest").observe(len(batch.records))
+        for row in batch.dead:
+            metrics.DEAD_LETTERS.labels("ingest", row.letter.reason).inc()
         self._retry(stop, lambda: self._ack(batch, result))
         self.stats.entries += len(batch.ids)
         self.stats.inserted += result.inserted

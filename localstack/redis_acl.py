@@ -23,8 +23,9 @@ from kernel.services import redis_user
 # refusal.)
 _HANDSHAKE = ("+ping",)
 # A consumer-group reader (kernel.streams.GroupReader): create the group, read, claim, ack, delete.
+# XINFO GROUPS: the stage's own lag, for its metrics.
 _GROUP_READER = ("+xgroup|create", "+xreadgroup", "+xautoclaim", "+xack", "+xdel", "+xpending", "+xclaim", "+xrange",
-                 "+xadd")  # fmt: skip
+                 "+xadd", "+xinfo|groups")  # fmt: skip
 # and what it cannot process after a few deliveries goes to the quarantine stream
 _QUARANTINE = (f"~{keys.QUARANTINE_STREAM}",)
 _TRANSACTION = ("+multi", "+exec", "+discard")
@@ -71,13 +72,15 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
         ("+hmget", "+publish"),
     ),
     "api": (
-        # live map and health read (with the geofence stage's backlog); the device registry admits and
-        # evicts devices for the gateway
-        (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"%R~{keys.POSITIONS_STREAM}",
-         f"~{keys.DEVICES}", f"~{keys.DEVICES_VERSION}"),
-        (keys.CMD_WAKE_CHANNEL,),
+        # live map and health read; the device registry admits and evicts devices for the gateway;
+        # /readyz and the metrics read each stage's stream lag (XINFO GROUPS); the live-fleet
+        # snapshot follows fleet:live
+        (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"~{keys.DEVICES}",
+         f"~{keys.DEVICES_VERSION}", f"%R~{keys.INGEST_STREAM}", f"%R~{keys.POSITIONS_STREAM}",
+         f"%R~{keys.CMD_ACKS_STREAM}"),
+        (keys.CMD_WAKE_CHANNEL, keys.LIVE_CHANNEL),
         (*_TRANSACTION, "+hgetall", "+hget", "+hmget", "+sadd", "+srem", "+del", "+incrby", "+publish",
-         "+xinfo|groups"),
+         "+xinfo|groups", "+xlen", "+subscribe", "+unsubscribe"),
     ),
 }  # fmt: skip
 

@@ -13,16 +13,16 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import keystore
 from api.auth import ADMIN
-from api.deps import ConfigDep
+from api.db import SyncPoolDep
 from api.inputs import FleetTime
-from geofence.store import connect
+from api.schemas import AuditPage
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[ADMIN])
 
 
-@router.get("")
+@router.get("", response_model=AuditPage)
 async def read_audit(
-    config: ConfigDep,
+    pool: SyncPoolDep,
     key_id: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=64, description="e.g. zone.replace, device.rotate")] = None,
     target: Annotated[str | None, Query(max_length=200, description="a device, zone or key id")] = None,
@@ -35,7 +35,7 @@ async def read_audit(
                "before_id": before_id}  # fmt: skip
 
     def read() -> list[dict[str, Any]]:
-        with connect(config.database_url, "fleet api audit") as conn:
+        with pool.connection() as conn:
             return keystore.read_audit(conn, filters, limit)
 
     items = await run_in_threadpool(read)

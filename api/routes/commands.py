@@ -12,14 +12,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import psycopg
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api import keystore
 from api.auth import VIEWER, OperatorKey, route_of
-from api.deps import ConfigDep, RedisDep
+from api.db import SyncPoolDep
+from api.deps import RedisDep
 from api.keys import Role
 from commands import store
 from commands.issue import CommandRefused, CommandRequest, Issued, cancel, issue
@@ -112,7 +112,7 @@ def _rules(request: Request) -> Rules:
 @router.post("/v1/devices/{device_id}/commands", status_code=202, responses=_REFUSALS)
 async def send_command(
     actor: OperatorKey, device_id: str, body: CommandCreate, request: Request, response: Response,
-    config: ConfigDep, redis: RedisDep, idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    pool: SyncPoolDep, redis: RedisDep, idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> CommandPublic:  # fmt: skip
     """Operators and admins; `requested_by` is the API key's name."""
     req = CommandRequest(device_id, body.action, f"key:{actor.name}", body.reason, body.params, body.force,
@@ -123,7 +123,8 @@ async def send_command(
     policy = _policy(request)
 
     def run() -> Issued:
-        with psycopg.connect(config.database_url, autocommit=True) as conn:
+        with pool.connection() as conn:
+            conn.autocommit = True
             refusal = (
                 unlock_refusal(conn, device_id, policy, datetime.now(UTC)) if body.action is Action.UNLOCK else None
             )
@@ -148,9 +149,9 @@ async def send_command(
     return _public(issued.command, issued.superseded)
 
 
-def _listing(config: ConfigDep, device: str | None, state: State | None, since: datetime | None, limit: int):  # type: ignore[no-untyped-def]
+def _listing(pool: SyncPoolDep, device: str | None, state: State | None, since: datetime | None, limit: int):  # type: ignore[no-untyped-def]
     def run() -> list[Command]:
-        with psycopg.connect(config.database_url) as conn:
+        with pool.connection() as conn:
             return store.listing(conn, device=device, state=state and str(state), since=since, limit=limit)
 
     return run_in_threadpool(run)
@@ -158,24 +159,24 @@ def _listing(config: ConfigDep, device: str | None, state: State | None, since: 
 
 @router.get("/v1/commands", dependencies=[VIEWER])
 async def list_commands(
-    config: ConfigDep, device: str | None = None, state: State | None = None, since: datetime | None = None,
+    pool: SyncPoolDep, device: str | None = None, state: State | None = None, since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CommandPublic]:  # fmt: skip
-    return [_public(c) for c in await _listing(config, device, state, since, limit)]
+    return [_public(c) for c in await _listing(pool, device, state, since, limit)]
 
 
 @router.get("/v1/devices/{device_id}/commands", dependencies=[VIEWER])
 async def list_device_commands(
-    device_id: str, config: ConfigDep, state: State | None = None, since: datetime | None = None,
+    device_id: str, pool: SyncPoolDep, state: State | None = None, since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CommandPublic]:  # fmt: skip
-    return [_public(c) for c in await _listing(config, device_id, state, since, limit)]
+    return [_public(c) for c in await _listing(pool, device_id, state, since, limit)]
 
 
 @router.get("/v1/commands/{command_id}", responses=_REFUSALS, dependencies=[VIEWER])
-async def get_command(command_id: str, config: ConfigDep) -> CommandDetail:
+async def get_command(command_id: str, pool: SyncPoolDep) -> CommandDetail:
     def run() -> tuple[store.Stored | None, list[Transition]]:
-        with psycopg.connect(config.database_url) as conn:
+        with pool.connection() as conn:
             stored = store.get(conn, command_id)
             return stored, store.transitions(conn, command_id) if stored else []
 
@@ -187,13 +188,14 @@ async def get_command(command_id: str, config: ConfigDep) -> CommandDetail:
 
 @router.post("/v1/commands/{command_id}/cancel", responses=_REFUSALS)
 async def cancel_command(
-    actor: OperatorKey, command_id: str, request: Request, config: ConfigDep, redis: RedisDep
+    actor: OperatorKey, command_id: str, request: Request, pool: SyncPoolDep, redis: RedisDep
 ) -> CommandPublic:
     if not _uuid_like(command_id):
         raise HTTPException(404, f"unknown command {command_id}")
 
     def run() -> Command:
-        with psycopg.connect(config.database_url, autocommit=True) as conn:
+        with pool.connection() as conn:
+            conn.autocommit = True
             canceled = cancel(conn, redis, command_id, f"key:{actor.name}", datetime.now(UTC))
             keystore.record(conn, actor, "command.cancel", canceled.device_id, None,
                             _public(canceled).model_dump(mode="json"), route_of(request))  # fmt: skip

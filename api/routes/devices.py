@@ -18,7 +18,6 @@ from pydantic import BaseModel, Field
 from api import keystore
 from api.auth import VIEWER, AdminKey, route_of
 from api.keystore import Actor
-from geofence.store import connect
 from provisioning.broker_admin import BrokerAdminError
 from provisioning.registry import DeviceExists, DeviceRegistry, DeviceSpec, RegistryError, UnknownDevice
 
@@ -73,10 +72,10 @@ async def _call(action: Callable[..., Any], *args: Any) -> Any:
 
 
 async def _audit(request: Request, actor: Actor, action: str, target: str, before: Any, after: Any) -> None:
-    database_url = request.app.state.config.database_url
+    pool = request.app.state.pool
 
     def write() -> None:
-        with connect(database_url, "fleet api audit") as conn:
+        with pool.connection() as conn:
             keystore.record(conn, actor, action, target, before, after, route_of(request))
 
     await run_in_threadpool(write)

@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 
 from api import keystore
 from api.auth import ADMIN, AdminKey, route_of
-from api.deps import ConfigDep
+from api.db import SyncPoolDep
 from api.keys import Role
-from geofence.store import connect
+from api.schemas import ApiKeyCreated, ApiKeyPublic
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -28,33 +28,33 @@ class KeyCreate(BaseModel):
     role: Role
 
 
-@router.post("", status_code=201)
-async def create_key(actor: AdminKey, body: KeyCreate, config: ConfigDep, request: Request) -> dict[str, Any]:
+@router.post("", status_code=201, response_model=ApiKeyCreated)
+async def create_key(actor: AdminKey, body: KeyCreate, pool: SyncPoolDep, request: Request) -> dict[str, Any]:
     """A new key; `key` is shown in this answer only (the server keeps its hash)."""
 
     def create() -> tuple[keystore.ApiKey, str]:
-        with connect(config.database_url, "fleet api keys") as conn:
+        with pool.connection() as conn:
             return keystore.create_key(conn, body.name, body.role, actor, route_of(request))
 
     key, token = await run_in_threadpool(create)
     return {**key.public(), "key": token}
 
 
-@router.get("", dependencies=[ADMIN])
-async def list_keys(config: ConfigDep, include_revoked: bool = True) -> list[dict[str, Any]]:
+@router.get("", dependencies=[ADMIN], response_model=list[ApiKeyPublic])
+async def list_keys(pool: SyncPoolDep, include_revoked: bool = True) -> list[dict[str, Any]]:
     def read() -> list[keystore.ApiKey]:
-        with connect(config.database_url, "fleet api keys") as conn:
+        with pool.connection() as conn:
             return keystore.list_keys(conn, include_revoked=include_revoked)
 
     return [k.public() for k in await run_in_threadpool(read)]
 
 
 @router.delete("/{key_id}", status_code=204)
-async def revoke_key(actor: AdminKey, key_id: str, config: ConfigDep, request: Request) -> None:
+async def revoke_key(actor: AdminKey, key_id: str, pool: SyncPoolDep, request: Request) -> None:
     """Revoke a key: refused from the next request on. Revoking a revoked key is no error."""
 
     def revoke() -> keystore.ApiKey | None:
-        with connect(config.database_url, "fleet api keys") as conn:
+        with pool.connection() as conn:
             return keystore.revoke_key(conn, key_id, actor, route_of(request))
 
     if await run_in_threadpool(revoke) is None:

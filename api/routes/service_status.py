@@ -18,8 +18,9 @@ from pydantic import BaseModel, Field
 
 from api import keystore
 from api.auth import VIEWER, OperatorKey, route_of
-from api.deps import ConfigDep
+from api.db import SyncPoolDep
 from api.inputs import FleetTime, recompute_problem
+from api.schemas import ServiceHistory, ServiceStatusPublic
 from geofence import store
 from geofence.utilization import ServiceStatus
 
@@ -33,15 +34,15 @@ class ServiceUpdate(BaseModel):
     )
 
 
-@router.put("/{device_id}/service")
+@router.put("/{device_id}/service", response_model=ServiceStatusPublic)
 async def set_service(
-    actor: OperatorKey, device_id: str, body: ServiceUpdate, config: ConfigDep, request: Request
+    actor: OperatorKey, device_id: str, body: ServiceUpdate, pool: SyncPoolDep, request: Request
 ) -> dict[str, Any]:
     if body.since is not None and (problem := recompute_problem(body.since, datetime.now(UTC))):
         raise HTTPException(422, problem)
 
     def write() -> datetime:
-        with store.connect(config.database_url, "fleet service status") as conn:
+        with pool.connection() as conn:
             history = store.service_history(conn, device_id)
             since = body.since or datetime.now(UTC)
             store.set_service_status(conn, device_id, body.status, since, time.time())
@@ -57,12 +58,12 @@ async def set_service(
     return {"device_id": device_id, "status": body.status.value, "since": store.iso(since)}
 
 
-@router.get("/{device_id}/service", dependencies=[VIEWER])
-async def get_service(device_id: str, config: ConfigDep) -> dict[str, Any]:
+@router.get("/{device_id}/service", dependencies=[VIEWER], response_model=ServiceHistory)
+async def get_service(device_id: str, pool: SyncPoolDep) -> dict[str, Any]:
     """The current status and every change; a registered device without changes is in service."""
 
     def read() -> tuple[bool, list[tuple[datetime, str]]]:
-        with store.connect(config.database_url) as conn:
+        with pool.connection() as conn:
             registered = conn.execute("SELECT 1 FROM devices WHERE id = %s", (device_id,)).fetchone() is not None
             return registered, store.service_history(conn, device_id)
 

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.concurrency import run_in_threadpool
 
 from api.auth import VIEWER
-from api.deps import ConfigDep
+from api.db import DbDep, fetch
 from api.inputs import FleetTime
+from api.schemas import Trip, Utilization
 from geofence import store
 
 router = APIRouter(prefix="/v1", tags=["utilization"], dependencies=[VIEWER])
@@ -32,9 +32,9 @@ _ROLLUP = (
 )
 
 
-@router.get("/trips")
+@router.get("/trips", response_model=list[Trip])
 async def list_trips(
-    config: ConfigDep,
+    db: DbDep,
     device_id: str | None = None,
     since: FleetTime | None = None,
     until: FleetTime | None = None,
@@ -55,7 +55,7 @@ async def list_trips(
         "SELECT device_id, start_time, end_time, start_lon, start_lat, end_lon, end_lat, distance_m, duration_s,"
         f" points, ongoing FROM trips WHERE {' AND '.join(where)} ORDER BY start_time DESC, device_id LIMIT %(limit)s"
     )
-    rows = await run_in_threadpool(_fetch, config.database_url, sql, params)
+    rows = await fetch(db, sql, params)
     return [
         {"device_id": d, "start_time": store.iso(a), "end_time": store.iso(b), "start": [x0, y0], "end": [x1, y1],
          "distance_m": dist, "duration_s": dur, "points": n, "ongoing": ongoing}
@@ -63,9 +63,9 @@ async def list_trips(
     ]  # fmt: skip
 
 
-@router.get("/utilization")
+@router.get("/utilization", response_model=Utilization)
 async def fleet_utilization(
-    config: ConfigDep,
+    db: DbDep,
     start: Annotated[FleetTime | None, Query(alias="from")] = None,
     end: Annotated[FleetTime | None, Query(alias="to")] = None,
     bucket: Literal["hour", "day"] = "hour",
@@ -84,7 +84,7 @@ async def fleet_utilization(
         )
     params = {"width": timedelta(seconds=width), "from": start, "to": end, "device": device_id}
     sql = _ROLLUP.format(device="" if device_id is None else " AND device_id = %(device)s")
-    rows = await run_in_threadpool(_fetch, config.database_url, sql, params)
+    rows = await fetch(db, sql, params)
     buckets = [_figures(row, width) for row in rows if row[0] is not None]
     total_rows = [row for row in rows if row[0] is None]
     window_s = (end - start).total_seconds()
@@ -109,8 +109,3 @@ def _figures(row: tuple[Any, ...], span_s: float) -> dict[str, Any]:
         "avg_vehicles_in_service": in_service / span_s,
         "avg_vehicles_riding": ride / span_s,
     }
-
-
-def _fetch(database_url: str, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    with store.connect(database_url) as conn:
-        return conn.execute(sql, params).fetchall()

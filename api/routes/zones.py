@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 
 from api import keystore
 from api.auth import VIEWER, OperatorKey, route_of
-from api.deps import ConfigDep
+from api.db import SyncPoolDep
+from api.schemas import ZoneCollection, ZoneFeature, body_of
 from geofence import store
 from geofence.errors import ZoneError
 from geofence.zones import Zone, parse_zone
@@ -58,12 +59,12 @@ def _geojson(obj: object, status_code: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status_code, media_type=GEOJSON)
 
 
-@router.post("", status_code=201)
-async def create_zone(actor: OperatorKey, body: ZoneCreate, config: ConfigDep, request: Request) -> Response:
+@router.post("", status_code=201, response_model=None, responses=body_of(ZoneFeature, GEOJSON, 201))
+async def create_zone(actor: OperatorKey, body: ZoneCreate, pool: SyncPoolDep, request: Request) -> Response:
     zone = _zone(body.id or f"zone-{secrets.token_hex(6)}", body)
 
     def insert() -> store.StoredZone:
-        with store.connect(config.database_url) as conn:
+        with pool.connection() as conn:
             stored = store.insert_zone(conn, zone)
             keystore.record(conn, actor, "zone.create", zone.id, None, stored.feature(), route_of(request))
             return stored
@@ -75,22 +76,22 @@ async def create_zone(actor: OperatorKey, body: ZoneCreate, config: ConfigDep, r
     return _geojson(stored.feature(), 201)
 
 
-@router.get("", dependencies=[VIEWER])
-async def list_zones(config: ConfigDep) -> Response:
+@router.get("", dependencies=[VIEWER], response_model=None, responses=body_of(ZoneCollection, GEOJSON))
+async def list_zones(pool: SyncPoolDep) -> Response:
     """All zones as an RFC 7946 FeatureCollection."""
 
     def read() -> list[store.StoredZone]:
-        with store.connect(config.database_url) as conn:
+        with pool.connection() as conn:
             return store.list_zones(conn)
 
     zones = await run_in_threadpool(read)
     return _geojson({"type": "FeatureCollection", "features": [z.feature() for z in zones]})
 
 
-@router.get("/{zone_id}", dependencies=[VIEWER])
-async def get_zone(zone_id: str, config: ConfigDep) -> Response:
+@router.get("/{zone_id}", dependencies=[VIEWER], response_model=None, responses=body_of(ZoneFeature, GEOJSON))
+async def get_zone(zone_id: str, pool: SyncPoolDep) -> Response:
     def read() -> store.StoredZone | None:
-        with store.connect(config.database_url) as conn:
+        with pool.connection() as conn:
             return store.get_zone(conn, zone_id)
 
     stored = await run_in_threadpool(read)
@@ -99,15 +100,15 @@ async def get_zone(zone_id: str, config: ConfigDep) -> Response:
     return _geojson(stored.feature())
 
 
-@router.put("/{zone_id}")
+@router.put("/{zone_id}", response_model=None, responses=body_of(ZoneFeature, GEOJSON))
 async def replace_zone(
-    actor: OperatorKey, zone_id: str, body: ZoneUpdate, config: ConfigDep, request: Request
+    actor: OperatorKey, zone_id: str, body: ZoneUpdate, pool: SyncPoolDep, request: Request
 ) -> Response:
     """Replace a zone's kind, name, limit and geometry (create zones with POST)."""
     zone = _zone(zone_id, body)
 
     def update() -> store.StoredZone | None:
-        with store.connect(config.database_url) as conn:
+        with pool.connection() as conn:
             before = store.get_zone(conn, zone_id)
             stored = store.replace_zone(conn, zone)
             if stored is not None:
@@ -122,9 +123,9 @@ async def replace_zone(
 
 
 @router.delete("/{zone_id}", status_code=204)
-async def delete_zone(actor: OperatorKey, zone_id: str, config: ConfigDep, request: Request) -> None:
+async def delete_zone(actor: OperatorKey, zone_id: str, pool: SyncPoolDep, request: Request) -> None:
     def delete() -> bool:
-        with store.connect(config.database_url) as conn:
+        with pool.connection() as conn:
             before = store.get_zone(conn, zone_id)
             if before is None or not store.delete_zone(conn, zone_id):
                 return False

@@ -292,6 +292,7 @@ def api_client(endpoints: Endpoints, role: Role = Role.ADMIN, *, registry: bool 
     api` runs it, calling with a key of `role`; `registry` gives it the broker admin account (device
     registration)."""
     own = api_config(endpoints)
-    config = ApiConfig(own.database_url, own.redis_url, own.mqtt_admin_url if registry else None)
+    config = ApiConfig(own.database_url, own.redis_url, own.mqtt_admin_url if registry else None,
+                       mqtt_url=endpoints.mqtt_url)  # fmt: skip
     headers = {"Authorization": f"Bearer {api_key(endpoints, role)}"}
     return TestClient(create_app(config), headers=headers)

@@ -46,7 +46,11 @@ def serve(
     if not endpoints.mqtt_url:
         console.print("[red]no command service account: set FLEET_MQTT_COMMANDS_URL[/red]")
         raise typer.Exit(1)
-    run_commands(endpoints.mqtt_url, endpoints.redis_url, endpoints.database_url, _rules(), instance)
+    from commands.settings import CommandSettings
+
+    settings = CommandSettings()
+    run_commands(endpoints.mqtt_url, endpoints.redis_url, endpoints.database_url, settings.rules(), instance,
+                 settings.publishers)  # fmt: skip
 
 
 def _param(text: str) -> tuple[str, Any]:

@@ -28,17 +28,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
 import psycopg
 import redis
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from commands import feeds, store
 from commands.fleetview import observe
 from commands.issue import TRANSITIONS_CHANNEL, WAKE_CHANNEL
 from commands.lifecycle import Acked, Step, Tick, step
 from commands.model import DESIRED_STATE, PENDING, TERMINAL, Action, Command, Rules, State, Vehicle
+from commands.publisher import CommandPublisher, Outgoing
 from commands.theftwatch import Raised, TheftWatch
 from commands.wire import ACKS_STREAM, BadAck, command_topic, decode_ack_entry, encode_command, expiry_interval_s
 from gateway.ratelimit import RateLimitedLog
@@ -74,9 +72,10 @@ class _Round:
 class CommandService:
     def __init__(
         self, mqtt_url: str, redis_url: str, database_url: str, *, rules: Rules | None = None,
-        consumer: str | None = None,
+        consumer: str | None = None, publishers: int = 1,
     ) -> None:  # fmt: skip
         self.rules = rules or Rules()
+        self._publishers = publishers
         self._target = MqttTarget.parse(mqtt_url)
         self._redis_url = redis_url
         self._database_url = database_url
@@ -100,8 +99,8 @@ class CommandService:
 
     def run(self, stop: threading.Event) -> None:
         self._redis = redis.Redis.from_url(self._redis_url)
-        client = self._mqtt = feeds.status_client(self._target, f"fleet-commands-{self.consumer}", self._inbox)
-        self._props = Properties(PacketTypes.PUBLISH)
+        client = feeds.status_client(self._target, f"fleet-commands-{self.consumer}", self._inbox)
+        self._out = CommandPublisher(self._target, f"fleet-commands-{self.consumer}", self._publishers)
         feeders = [
             threading.Thread(target=feeds.read_acks, args=(self._redis_url, GROUP, self.consumer, self._inbox, stop),
                              name="commands-acks", daemon=True),
@@ -121,6 +120,7 @@ class CommandService:
             stop.set()
             client.disconnect()
             client.loop_stop()
+            self._out.close()
             for thread in feeders:
                 if thread.is_alive():
                     thread.join(timeout=5)
@@ -254,10 +254,13 @@ class CommandService:
         by_entry = dict(acked)
         done_acks = [entry_id for entry_id, command_id in acked if command_id not in lost]
         self._carry.acks.extend(e for e in work.acks if by_entry.get(e[0]) in lost)  # again, on the fresh state
+        outgoing = []
         for s in sorted(applied, key=lambda s: s.command.created_at):
             self._keep(s.command)
             if s.publish:
-                self._publish(s.command, now)
+                outgoing.append(_outgoing(s.command, now))
+        if outgoing:
+            self._publish(outgoing)
         if done_acks:
             self._redis.xack(ACKS_STREAM, GROUP, *done_acks)
             self.stats.acks += len(done_acks)
@@ -337,16 +340,10 @@ class CommandService:
             due.add(command_id)
         return due
 
-    def _publish(self, command: Command, now: datetime) -> None:
-        # One Properties object, reused: paho packs it inside publish(), and building one costs
-        # about as much as the rest of the publish.
-        self._props.MessageExpiryInterval = expiry_interval_s(command, now)
-        topic = command_topic(command.device_id)
-        info = self._mqtt.publish(topic, encode_command(command), qos=1, properties=self._props)
-        self.stats.sent += 1
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            # Stored as sent already: the ack timeout sends it again.
-            self._warn.warning("publish", "commands: publish to %s not accepted (rc %s)", topic, info.rc)
+    def _publish(self, outgoing: list[Outgoing]) -> None:
+        """The round's commands, oldest first, in one write per connection. What is not written now
+        (a connection down) is stored as sent already: the ack timeout sends it again."""
+        self.stats.sent += self._out.publish(outgoing)
 
     def _announce(self, applied: list[Step]) -> None:
         """The round's transitions as one JSON array on `fleet:commands` (as ingest does on `fleet:live`)."""
@@ -358,6 +355,11 @@ class CommandService:
         if body:
             self._redis.publish(TRANSITIONS_CHANNEL, orjson.dumps(body))
             self.stats.transitions += len(body)
+
+
+def _outgoing(command: Command, now: datetime) -> Outgoing:
+    return Outgoing(command.device_id, command_topic(command.device_id), encode_command(command),
+                    expiry_interval_s(command, now))  # fmt: skip
 
 
 def _chain(steps: dict[str, tuple[Command, Step]], before: Command, so_far: Step, nxt: Step) -> None:
@@ -390,8 +392,11 @@ def consumer_name(instance: str | None = None) -> str:
     return f"commands-{instance or os.environ.get('FLEET_COMMANDS_ID') or f'{socket.gethostname()}-{os.getpid()}'}"
 
 
-def run_commands(mqtt_url: str, redis_url: str, database_url: str, rules: Rules, instance: str | None = None) -> None:
+def run_commands(
+    mqtt_url: str, redis_url: str, database_url: str, rules: Rules, instance: str | None = None, publishers: int = 1
+) -> None:
     from gateway.process import stop_on_signals
 
     stop = stop_on_signals()
-    CommandService(mqtt_url, redis_url, database_url, rules=rules, consumer=consumer_name(instance)).run(stop)
+    CommandService(mqtt_url, redis_url, database_url, rules=rules, consumer=consumer_name(instance),
+                   publishers=publishers).run(stop)  # fmt: skip

@@ -137,11 +137,16 @@ def _vehicles(client: redis.Redis, device_ids: list[str], rules: Rules) -> dict[
     return found
 
 
+WAKE_IDS_MAX = 1_000  # command ids per wake-up message
+
+
 def _wake(client: redis.Redis, ids: list[str]) -> None:
+    """One message per thousand ids, separated by spaces (a lone id is the old form, still read):
+    a burst of 10,000 commands wakes the service 10 times, not 10,000."""
     try:
         pipe = client.pipeline(transaction=False)
-        for command_id in ids:
-            pipe.publish(WAKE_CHANNEL, command_id)
+        for i in range(0, len(ids), WAKE_IDS_MAX):
+            pipe.publish(WAKE_CHANNEL, " ".join(ids[i : i + WAKE_IDS_MAX]))
         pipe.execute()
     except redis.RedisError:
         pass  # stored: the service finds it when it resyncs

@@ -46,7 +46,8 @@ class PublishError(ConnectionError):
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One command on its way: the device's topic, the JSON, and the seconds it may live at the broker."""
+    """One message on its way: the device it is for, its topic, its bytes, and the seconds it may live at
+    the broker (MQTT 5 Message Expiry Interval; 0: no expiry)."""
 
     device_id: str
     topic: str
@@ -141,7 +142,7 @@ class _Connection:
             self._mid = (self._mid + n) % 65_535
             data = b"".join(
                 codec.publish_packet(o.topic, o.payload, mid, version=codec.V5,
-                                     properties=codec.prop_u32(codec.MESSAGE_EXPIRY, o.expiry_s))
+                                     properties=codec.prop_u32(codec.MESSAGE_EXPIRY, o.expiry_s) if o.expiry_s else b"")
                 for o, mid in zip(chunk, mids, strict=True)
             )  # fmt: skip
             self._write(data)
@@ -250,6 +251,12 @@ class CommandPublisher:
         if connections < 1:
             raise ValueError("at least one publishing connection")
         self._lanes = [_Connection(target, f"{client_id}-p{i}", window) for i in range(connections)]
+
+    def open(self) -> None:
+        """Connect every lane now (else each connects on its first publish); raises `PublishError`."""
+        for conn in self._lanes:
+            if not conn.up:
+                conn.open()
 
     def publish(self, items: Sequence[Outgoing]) -> int:
         """Publish in the order given per device; returns how many were handed to the broker. The

@@ -36,7 +36,7 @@ from commands.fleetview import observe
 from commands.issue import TRANSITIONS_CHANNEL, WAKE_CHANNEL
 from commands.lifecycle import Acked, Step, Tick, step
 from commands.model import DESIRED_STATE, PENDING, TERMINAL, Action, Command, Rules, State, Vehicle
-from commands.publisher import CommandPublisher, Outgoing
+from commands.publisher import CommandPublisher, Outgoing, PublishError
 from commands.theftwatch import Raised, TheftWatch
 from commands.wire import ACKS_STREAM, BadAck, command_topic, decode_ack_entry, encode_command, expiry_interval_s
 from gateway.ratelimit import RateLimitedLog
@@ -110,6 +110,10 @@ class CommandService:
         try:
             self._until_ok(stop, self._load)
             client.connect_async(self._target.host, self._target.port)
+            try:
+                self._out.open()
+            except PublishError as exc:  # each connection is tried again on its next publish
+                self._warn.warning("publish", "commands: cannot publish yet: %s", exc)
             client.loop_start()
             for thread in feeders:
                 thread.start()
@@ -204,7 +208,7 @@ class CommandService:
             self.vehicles[device] = replace(self.vehicles[device], online=online)
             work.devices.add(device)
         elif kind == WAKE_CHANNEL:
-            work.woken.add(data.decode(errors="replace"))
+            work.woken.update(data.decode(errors="replace").split())  # ids separated by spaces
         elif kind == LIVE_CHANNEL:
             states = _loads(data)
             for state in states if isinstance(states, list) else ():

@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_before["farm"] = sum(_cpu_s(f.pid) for f in farms)
         cpu_before["stack"] = _stack_cpu(stack)
         cpu_before["issuers"] = time.process_time()
+        print(f"burst of {len(ids)} commands", flush=True)
         started = time.monotonic()
         with ThreadPoolExecutor(args.issuers) as pool:
             list(pool.map(send, [ids[i :: args.issuers] for i in range(args.issuers)]))

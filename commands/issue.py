@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,7 +19,7 @@ import redis
 from commands import store
 from commands.fleetview import observe
 from commands.lifecycle import initial_state
-from commands.model import AUTOMATIC_REASONS, Action, Command, Rules, Vehicle, params_problem
+from commands.model import AUTOMATIC_REASONS, Action, Command, Rules, Vehicle, evolve, params_problem
 from gateway import keys
 from ingest.livestate import VEHICLES_KEY
 
@@ -86,7 +86,7 @@ def issue_many(
             params=req.params, force=req.force,
         )  # fmt: skip
         state, detail = initial_state(command, vehicles.get(req.device_id, Vehicle()), now, rules)
-        items.append((replace(command, state=state, detail=detail, next_at=command.expires_at), req.idempotency_key))
+        items.append((evolve(command, state=state, detail=detail, next_at=command.expires_at), req.idempotency_key))
         index.append(i)
     woken: list[str] = []
     for i, (stored, created, replaced) in zip(index, store.create_many(conn, items, now) if items else [], strict=True):

@@ -110,6 +110,17 @@ _COMMAND_FIELDS = tuple(f.name for f in fields(Command))
 _new, _set = object.__new__, object.__setattr__
 
 
+def command_from(**values: Any) -> Command:
+    """A `Command` from every one of its fields (as the store reads them), without `__init__`: the
+    same result, about three times as fast for a frozen dataclass of fifteen fields."""
+    if len(values) != len(_COMMAND_FIELDS) or not values.keys() <= set(_COMMAND_FIELDS):
+        raise TypeError(f"Command needs exactly the fields {_COMMAND_FIELDS}")
+    new = _new(Command)
+    for name, value in values.items():
+        _set(new, name, value)
+    return new
+
+
 def evolve(command: Command, **changes: Any) -> Command:
     """`dataclasses.replace` for a `Command`, about twice as fast (no per-call field checks, no
     `__init__`): the service makes several per command, and a burst is tens of thousands. Only

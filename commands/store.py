@@ -18,14 +18,18 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from commands.lifecycle import Canceled, Step, Superseded, step, superseded_by
-from commands.model import DESIRED_STATE, Action, Command, Rules, State, Transition, Vehicle, evolve
+from commands.model import DESIRED_STATE, Action, Command, Rules, State, Transition, Vehicle, command_from, evolve
 
 _COLUMNS = (
-    "id::text, device_id, action, params, reason, requested_by, force, state, detail, attempts,"
+    "id::text, device_id, action, params::text, reason, requested_by, force, state, detail, attempts,"
     " created_at, expires_at, sent_at, next_at, version, idempotency_key"
 )
 # A delivered command is watched for its confirmation until its time to live ends.
 _ACTIVE = "(state IN ('queued', 'waiting_for_park', 'sent') OR (state = 'delivered' AND next_at > now()))"
+
+
+_ACTIONS = {str(a): a for a in Action}  # a dict lookup, not the slower Enum call
+_STATES = {str(s): s for s in State}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +40,9 @@ class Stored:
 
 def _command(row: tuple[Any, ...]) -> Stored:
     params = row[3] if isinstance(row[3], dict) else orjson.loads(row[3])
-    command = Command(
-        id=row[0], device_id=row[1], action=Action(row[2]), params=params, reason=row[4], requested_by=row[5],
-        force=row[6], state=State(row[7]), detail=row[8], attempts=row[9], created_at=row[10],
+    command = command_from(
+        id=row[0], device_id=row[1], action=_ACTIONS[row[2]], params=params, reason=row[4], requested_by=row[5],
+        force=row[6], state=_STATES[row[7]], detail=row[8], attempts=row[9], created_at=row[10],
         expires_at=row[11], sent_at=row[12], next_at=row[13], version=row[14],
     )  # fmt: skip
     return Stored(command, row[15])
@@ -50,7 +54,8 @@ def get(conn: psycopg.Connection, command_id: str) -> Stored | None:
 
 
 def get_many(conn: psycopg.Connection, command_ids: Sequence[str]) -> dict[str, Command]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ANY(%s::uuid[])", (list(command_ids),))
+    ids = _array(_quoted(i) for i in command_ids)
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ANY(%s::uuid[])", (ids,))
     return {c.id: c for c in (_command(r).command for r in rows.fetchall())}
 
 
@@ -175,8 +180,8 @@ def _insert(conn: psycopg.Connection, items: Sequence[tuple[Command, str | None]
     ) as copy:
         for c, key in items:
             copy.write_row((
-                c.id, c.device_id, str(c.action), Jsonb(dict(c.params)), c.reason, c.requested_by, c.force, key,
-                str(c.state), c.detail, c.created_at, c.expires_at, c.next_at, now,
+                c.id, c.device_id, str(c.action), Jsonb(dict(c.params), dumps=orjson.dumps), c.reason, c.requested_by,
+                c.force, key, str(c.state), c.detail, c.created_at, c.expires_at, c.next_at, now,
             ))  # fmt: skip
 
 

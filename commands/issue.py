@@ -67,7 +67,10 @@ def issue_many(
     conn: psycopg.Connection, client: redis.Redis, reqs: Sequence[CommandRequest], rules: Rules, now: datetime
 ) -> list[Issued | CommandRefused]:
     """Many commands in one transaction (the lockout engine's thousands of expiries in a minute): each
-    request gets its command or the reason it was refused, in order."""
+    request gets its command or the reason it was refused, in order.
+
+    The i-th command is created at `now` plus i microseconds: creation time is the order a device
+    gets its commands in (the service sends oldest first), and a batch must keep the order given."""
     ids = sorted({r.device_id for r in reqs})
     status = dict(conn.execute("SELECT id, status FROM devices WHERE id = ANY(%s)", (ids,)).fetchall())
     vehicles = _vehicles(client, ids, rules)
@@ -82,7 +85,8 @@ def issue_many(
         ttl = rules.ttl_for(req.action, req.ttl_s)
         command = Command(
             id=str(uuid.uuid4()), device_id=req.device_id, action=req.action, reason=req.reason,
-            requested_by=req.requested_by, created_at=now, expires_at=now + timedelta(seconds=ttl),
+            requested_by=req.requested_by, created_at=now + timedelta(microseconds=i),
+            expires_at=now + timedelta(seconds=ttl),
             params=req.params, force=req.force,
         )  # fmt: skip
         state, detail = initial_state(command, vehicles.get(req.device_id, Vehicle()), now, rules)

@@ -6,7 +6,7 @@ service would also find it on its next resync or restart, so a lost wake-up dela
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -75,6 +75,7 @@ def issue_many(
     status = dict(conn.execute("SELECT id, status FROM devices WHERE id = ANY(%s)", (ids,)).fetchall())
     vehicles = _vehicles(client, ids, rules)
     out: list[Issued | CommandRefused | None] = [None] * len(reqs)
+    ids = new_ids(len(reqs))
     items: list[tuple[Command, str | None]] = []
     index: list[int] = []
     for i, req in enumerate(reqs):
@@ -84,7 +85,7 @@ def issue_many(
             continue
         ttl = rules.ttl_for(req.action, req.ttl_s)
         command = Command(
-            id=str(uuid.uuid4()), device_id=req.device_id, action=req.action, reason=req.reason,
+            id=ids[i], device_id=req.device_id, action=req.action, reason=req.reason,
             requested_by=req.requested_by, created_at=now + timedelta(microseconds=i),
             expires_at=now + timedelta(seconds=ttl),
             params=req.params, force=req.force,
@@ -102,6 +103,18 @@ def issue_many(
             woken += [stored.command.id, *(c.id for c in replaced)]
     _wake(client, woken)
     return [r for r in out if r is not None]
+
+
+def new_ids(n: int) -> list[str]:
+    """`n` random version 4 UUIDs as text, from one read of the system's random source:
+    `str(uuid.uuid4())` each was a sixth of a 500-command `issue_many`."""
+    raw = bytearray(os.urandom(16 * n))
+    for i in range(6, 16 * n, 16):
+        raw[i] = raw[i] & 0x0F | 0x40  # version 4
+        raw[i + 2] = raw[i + 2] & 0x3F | 0x80  # variant RFC 4122
+    h = raw.hex()
+    return [f"{h[j : j + 8]}-{h[j + 8 : j + 12]}-{h[j + 12 : j + 16]}-{h[j + 16 : j + 20]}-{h[j + 20 : j + 32]}"
+            for j in range(0, 32 * n, 32)]  # fmt: skip
 
 
 def _refusal(req: CommandRequest, status: str | None) -> CommandRefused | None:

@@ -1,7 +1,8 @@
-"""The fast ways to make a `Command` give exactly what the dataclass's own would."""
+"""The fast ways to make a `Command` and its id give exactly what the standard ones would."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from commands.issue import new_ids
 from commands.model import Action, Command, State, command_from, evolve
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -48,3 +50,12 @@ def test_unknown_or_missing_fields_are_refused() -> None:
         command_from(**values)
     with pytest.raises(TypeError):
         command_from(**values, colour="red")
+
+
+@given(st.integers(0, 300))
+def test_new_ids_are_distinct_version_4_uuids(n: int) -> None:
+    ids = new_ids(n)
+    assert len(ids) == n == len(set(ids))
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,12 @@ import orjson  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+from command_farm import farm_main, report  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from commands.issue import CommandRequest, issue_many  # noqa: E402
+from commands.issue import TRANSITIONS_CHANNEL, CommandRequest, issue_many  # noqa: E402
 from commands.model import Action, Rules  # noqa: E402
+from kernel.livestate import VEHICLES_KEY  # noqa: E402
 from kernel.settings import MqttTarget  # noqa: E402
 
 
@@ -82,10 +85,19 @@ def register(urls, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     client.close()
 
 
-def report(client: mqtt.Client, device: str, locked: bool) -> None:
-    body = {"v": 1, "ts": datetime.now(UTC).isoformat(), "lat": 52.52, "lon": 13.4, "speed_kmh": 0.0,
-            "locked": locked}  # fmt: skip
-    client.publish(f"fleet/{device}/telemetry", orjson.dumps(body), qos=1)
+def report_body(device: str, locked: bool) -> bytes:
+    return report(device, locked).payload
+
+
+def settle(redis_url: str, devices: int, timeout: float = 60.0) -> None:
+    """Wait until ingest holds every device's live state, then a little for the service's status feed:
+    the burst must not share the machine with the setup's traffic."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while client.hlen(VEHICLES_KEY) < devices and time.monotonic() < deadline:
+        time.sleep(0.2)
+    client.close()
+    time.sleep(1.0)
 
 
 def connect(mqtt_url: str, client_id: str, subscribe: str | None = None) -> mqtt.Client:
@@ -107,38 +119,34 @@ def connect(mqtt_url: str, client_id: str, subscribe: str | None = None) -> mqtt
     return client
 
 
-def farm_main(mqtt_url: str, connections: int, ready: Any, stop: Any, out: Any) -> None:
-    """The device farm, in its own process: `connections` clients share the command topics (MQTT 5
-    shared subscription), so the broker's in-flight window per client does not cap the burst. Each
-    command id is acted on once: the ack, then a report with `locked: true`."""
-    lock = threading.Lock()
-    first_seen: dict[str, float] = {}
-    received = [0]
+class Announced:
+    """Wall-clock time each command's transition was announced on `fleet:commands`: the service
+    announces a round's transitions after their commit, so this is when the ack was stored, not the
+    round's decision time that the transitions table holds."""
 
-    def on_command(client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        device = msg.topic.split("/")[1]
-        command = orjson.loads(msg.payload)
-        command_id = command["id"]
-        with lock:
-            received[0] += 1
-            first = command_id not in first_seen
-            first_seen.setdefault(command_id, time.time())
-        ack = {"v": 1, "id": command_id, "result": "ok", "detail": "locked"}
-        client.publish(f"fleet/{device}/cmd/ack", orjson.dumps(ack), qos=1)
-        if first and command["action"] in ("lock", "unlock"):
-            report(client, device, command["action"] == "lock")
+    def __init__(self, redis_url: str) -> None:
+        self.at: dict[tuple[str, str], float] = {}
+        self._client = redis.Redis.from_url(redis_url)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(TRANSITIONS_CHANNEL)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-announced", daemon=True)
+        self._thread.start()
 
-    clients = []
-    for i in range(connections):
-        client = connect(mqtt_url, f"bench-farm-{i}", "$share/bench-farm/fleet/+/cmd")
-        client.on_message = on_command
-        clients.append(client)
-    ready.set()
-    stop.wait()
-    out.put((first_seen, received[0]))
-    for client in clients:
-        client.disconnect()
-        client.loop_stop()
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._pubsub.get_message(timeout=0.2)
+            if msg is None:
+                continue
+            now = time.time()
+            for t in orjson.loads(msg["data"]):
+                self.at.setdefault((t["id"], t["to"]), now)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self._client.close()
 
 
 def offline_phase(
@@ -187,25 +195,81 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stack_cpu(stack: Any) -> float:
+    """CPU of the servers: the processes whose command line names the stack's folder, and their
+    children (PostgreSQL's backends)."""
+    root = str(stack.state_dir).encode()
+    procs: dict[int, tuple[int, bool]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                procs[int(entry.name)] = (ppid, root in (entry / "cmdline").read_bytes())
+            except (OSError, ValueError, IndexError):
+                continue
+    servers = {pid for pid, (_ppid, named) in procs.items() if named}
+    total = 0.0
+    for pid, (ppid, _named) in procs.items():
+        if pid in servers or ppid in servers:
+            try:
+                total += _cpu_s(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def measure(database_url: str, ids: list[str]) -> tuple[list[float], list[float], list[float], float, int]:
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Per command of the burst (seconds from its issue, `created_at`): the round that sent it, the
+    round that applied its ack and its report (the transitions table), and when the ack's transition
+    was announced, after its commit (`Announced`): that is "delivered", the ack stored."""
+
+    created: dict[str, datetime]
+    sent: dict[str, datetime]
+    decided: dict[str, datetime]  # the delivered transition's time
+    stored: dict[str, float]  # wall clock, the delivered transition announced
+    confirmed: dict[str, datetime]
+    lost: int
+
+
+def measure(database_url: str, ids: list[str], announced: dict[tuple[str, str], float]) -> Result:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
-            "SELECT c.created_at, min(t.at) FILTER (WHERE t.to_state = 'delivered'),"
-            " min(t.at) FILTER (WHERE t.to_state = 'confirmed'), min(t.at) FILTER (WHERE t.to_state = 'sent')"
-            " FROM commands c"
-            " JOIN command_transitions t ON t.command_id = c.id GROUP BY c.id, c.created_at"
+            "SELECT c.id::text, c.created_at, min(t.at) FILTER (WHERE t.to_state = 'sent'),"
+            " min(t.at) FILTER (WHERE t.to_state = 'delivered'), min(t.at) FILTER (WHERE t.to_state = 'confirmed')"
+            " FROM commands c JOIN command_transitions t ON t.command_id = c.id GROUP BY c.id, c.created_at"
         ).fetchall()
-    delivered = [(d - c).total_seconds() for c, d, _, _ in rows if d is not None]
-    confirmed = [(f - c).total_seconds() for c, _, f, _ in rows if f is not None]
-    sent = [(s - c).total_seconds() for c, _, _, s in rows if s is not None]
-    first = min(r[0] for r in rows)
-    last = max((r[2] for r in rows if r[2] is not None), default=first)
-    return sent, delivered, confirmed, (last - first).total_seconds(), len(ids) - len(confirmed)
+    stored = {c: announced[(c, "delivered")] for c, *_ in rows if (c, "delivered") in announced}
+    confirmed = {c: f for c, _, _, _, f in rows if f is not None}
+    return Result({c: t for c, t, *_ in rows}, {c: s for c, _, s, _, _ in rows if s is not None},
+                  {c: d for c, _, _, d, _ in rows if d is not None}, stored, confirmed,
+                  len(ids) - min(len(confirmed), len(stored)))  # fmt: skip
+
+
+def print_result(r: Result, first_seen: dict[str, float], received: int) -> None:
+    created = {c: t.timestamp() for c, t in r.created.items()}
+
+    def line(name: str, values: list[float]) -> None:
+        print(f"{name:<34} p50 {pct(values, 0.5) * 1000:6.0f} ms  p99 {pct(values, 0.99) * 1000:6.0f} ms"
+              f"  max {max(values, default=float('nan')) * 1000:6.0f} ms")  # fmt: skip
+
+    line("issue → sent (decided)", [t.timestamp() - created[c] for c, t in r.sent.items()])
+    line("issue → device received", [t - created[c] for c, t in first_seen.items() if c in created])
+    line("device → ack decided", [t.timestamp() - first_seen[c] for c, t in r.decided.items() if c in first_seen])
+    line("issue → delivered (ack decided)", [t.timestamp() - created[c] for c, t in r.decided.items()])
+    line("issue → delivered (ack stored)", [t - created[c] for c, t in r.stored.items()])
+    line("issue → confirmed (decided)", [t.timestamp() - created[c] for c, t in r.confirmed.items()])
+    first = min(created.values())
+    last_stored = max(r.stored.values(), default=first)
+    last_confirmed = max((t.timestamp() for t in r.confirmed.values()), default=first)
+    print(f"first issue → last delivered (stored) {last_stored - first:.1f} s, → last confirmed "
+          f"{last_confirmed - first:.1f} s: {len(r.confirmed) / (last_confirmed - first or 1):.0f} commands/s; "
+          f"lost {r.lost}; commands the farm received {received}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--issuers", type=int, default=4, help="threads issuing commands at once")
     parser.add_argument("--batch", type=int, default=1, help="commands per issue_many call (lockout: hundreds)")
-    parser.add_argument("--farm", type=int, default=8, help="farm connections sharing the command topics")
+    parser.add_argument("--farm", type=int, default=2, help="farm processes sharing the command topics")
+    parser.add_argument("--publishers", type=int, default=1, help="the service's publishing connections")
     parser.add_argument("--offline-share", type=float, default=0.0, help="then: this share of devices offline")
     parser.add_argument("--offline-s", type=float, default=60.0, help="for this long, with two commands each")
     parser.add_argument("--timeout", type=float, default=120.0)
@@ -224,23 +289,28 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "FLEET_DATABASE_URL": urls.database_url, "FLEET_MQTT_URL": urls.mqtt_url,
            "FLEET_REDIS_URL": urls.redis_url, "FLEET_MQTT_COMMANDS_URL": urls.mqtt_commands_url}  # fmt: skip
     procs = [spawn([role], env, workdir / f"{role}.log") for role in ("gateway", "ingest")]
+    env["FLEET_COMMANDS_PUBLISHERS"] = str(args.publishers)
     procs.append(spawn(["commands", "serve", "--instance", "bench"], env, workdir / "commands.log"))
     ctx = multiprocessing.get_context("fork")
-    farm_ready, farm_stop, farm_out = ctx.Event(), ctx.Event(), ctx.Queue()
-    farm = None
+    farm_ready, farm_stop, farm_out = [ctx.Event() for _ in range(args.farm)], ctx.Event(), ctx.Queue()
+    farms: list[Any] = []
+    announced: Announced | None = None
     try:
         ids = [f"cb-{i:05d}" for i in range(args.devices)]
         register(urls, ids)
         time.sleep(3.0)  # services connected, registry refreshed
-        farm = ctx.Process(target=farm_main, args=(urls.mqtt_url, args.farm, farm_ready, farm_stop, farm_out))
-        farm.start()
-        if not farm_ready.wait(30):
+        for i in range(args.farm):
+            farms.append(ctx.Process(target=farm_main, args=(urls.mqtt_url, i, farm_ready[i], farm_stop, farm_out)))
+            farms[-1].start()
+        if not all(ready.wait(30) for ready in farm_ready):
             raise SystemExit("the device farm did not start")
         setup = connect(urls.mqtt_url, "bench-setup")
         for device in ids:
             setup.publish(f"fleet/{device}/status", b"online", qos=1, retain=True)
-            report(setup, device, False)
-        time.sleep(3.0)  # statuses and reports through the pipeline
+            last = setup.publish(f"fleet/{device}/telemetry", report_body(device, False), qos=1)
+        last.wait_for_publish(120)
+        settle(urls.redis_url, len(ids))
+        announced = Announced(urls.redis_url)
         client = redis.Redis.from_url(urls.redis_url)
         rules = Rules()
 
@@ -251,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
                             for d in chunk[i : i + args.batch]]  # fmt: skip
                     issue_many(conn, client, reqs, rules, datetime.now(UTC))
 
+        names = ("gateway", "ingest", "commands")
+        cpu_before = {n: _cpu_s(p.pid) for n, p in zip(names, procs, strict=True)}
+        cpu_before["farm"] = sum(_cpu_s(f.pid) for f in farms)
+        cpu_before["stack"] = _stack_cpu(stack)
+        cpu_before["issuers"] = time.process_time()
+        print(f"burst of {len(ids)} commands", flush=True)
         started = time.monotonic()
         with ThreadPoolExecutor(args.issuers) as pool:
             list(pool.map(send, [ids[i :: args.issuers] for i in range(args.issuers)]))
@@ -262,44 +338,43 @@ def main(argv: list[str] | None = None) -> int:
             if done >= len(ids):
                 break
             time.sleep(0.5)
-        sent, delivered, confirmed, span, lost = measure(urls.database_url, ids)
+        cpu_burst = {n: _cpu_s(p.pid) - cpu_before[n] for n, p in zip(names, procs, strict=True)}
+        cpu_burst["farm"] = sum(_cpu_s(f.pid) for f in farms) - cpu_before["farm"]
+        cpu_burst["mosquitto, postgres, redis"] = _stack_cpu(stack) - cpu_before["stack"]
+        cpu_burst["issuers"] = time.process_time() - cpu_before["issuers"]
+        result = measure(urls.database_url, ids, announced.at)
         away = ids[: int(len(ids) * args.offline_share)]
         offline = offline_phase(urls.database_url, setup, client, away, args.offline_s, rules) if away else None
+        farm_cpu = sum(_cpu_s(f.pid) for f in farms)
         farm_stop.set()
-        first_seen, received = farm_out.get(timeout=60)
+        first_seen: dict[str, float] = {}
+        received = 0
+        for _ in farms:
+            seen, count = farm_out.get(timeout=60)
+            received += count
+            for command_id, at in seen.items():
+                first_seen[command_id] = min(at, first_seen.get(command_id, at))
         setup.disconnect()
         setup.loop_stop()
-        with psycopg.connect(urls.database_url) as conn:
-            rows = conn.execute(
-                "SELECT command_id::text, min(at) FILTER (WHERE to_state = 'sent'),"
-                " min(at) FILTER (WHERE to_state = 'delivered') FROM command_transitions GROUP BY command_id"
-            ).fetchall()
-        to_farm = [first_seen[c] - s.timestamp() for c, s, _ in rows if c in first_seen and s]
-        farm_to_ack = [d.timestamp() - first_seen[c] for c, _, d in rows if c in first_seen and d]
-        print(f"devices {len(ids)}, issuers {args.issuers}, batch {args.batch}: issued in {issued_s:.1f} s "
+        print(f"devices {len(ids)}, issuers {args.issuers}, batch {args.batch}, farm processes {args.farm}, "
+              f"publishing connections {args.publishers}: issued in {issued_s:.1f} s "
               f"({len(ids) / issued_s:.0f} commands/s through commands.issue)")  # fmt: skip
-        print(f"issue → sent       p50 {pct(sent, 0.5) * 1000:.0f} ms  p99 {pct(sent, 0.99) * 1000:.0f} ms")
-        print(
-            f"first send → farm  p50 {pct(to_farm, 0.5) * 1000:.0f} ms  p99 {pct(to_farm, 0.99) * 1000:.0f} ms;"
-            f" farm → delivered p50 {pct(farm_to_ack, 0.5) * 1000:.0f} ms  p99 {pct(farm_to_ack, 0.99) * 1000:.0f} ms"
-        )
-        print(f"issue → delivered  p50 {pct(delivered, 0.5) * 1000:.0f} ms  p99 {pct(delivered, 0.99) * 1000:.0f} ms")
-        print(f"issue → confirmed  p50 {pct(confirmed, 0.5) * 1000:.0f} ms  p99 {pct(confirmed, 0.99) * 1000:.0f} ms")
-        print(f"first issue → last confirmed {span:.1f} s: {len(confirmed) / span if span else 0:.0f} commands/s; "
-              f"lost {lost}; commands the farm received {received}")  # fmt: skip
+        print_result(result, first_seen, received)
         if offline is not None:
             print(offline)
         cpu = {name: _cpu_s(proc.pid) for name, proc in zip(("gateway", "ingest", "commands"), procs, strict=True)}
-        print(
-            "CPU seconds: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
-            + f", this process {time.process_time():.1f}"
-        )
+        print("CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+              + f", farm {farm_cpu:.1f}, this process (issuers, setup) {time.process_time():.1f}")  # fmt: skip
+        print("CPU seconds in the burst (issue to the last confirmation): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in cpu_burst.items()))  # fmt: skip
+        lost = result.lost
         client.close()
         return 0 if lost == 0 else 1
     finally:
-        if farm is not None:
-            farm_stop.set()
+        if announced is not None:
+            announced.close()
+        farm_stop.set()
+        for farm in farms:
             farm.join(30)
         for proc in procs:
             proc.terminate()

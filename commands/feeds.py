@@ -30,14 +30,15 @@ RETRY_S = 1.0
 
 
 def status_client(target: MqttTarget, client_id: str, inbox: Inbox) -> mqtt.Client:
-    """The service's MQTT connection: publishes commands, and reads `fleet/+/status` (retained, so a
-    fresh subscription learns at once who is online)."""
+    """The service's subscribing connection: reads `fleet/+/status` (retained, so a fresh subscription
+    learns at once who is online). Commands go out through `commands.publisher`."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if target.username:
         client.username_pw_set(target.username, target.password)
+    tls = target.ssl_context()
+    if tls is not None:
+        client.tls_set_context(tls)
     client.reconnect_delay_set(min_delay=1, max_delay=10)
-    client.max_queued_messages_set(0)
-    client.max_inflight_messages_set(1000)  # paho's default of 20 unacknowledged publishes throttles a burst
     client.on_connect = lambda c, *_a: c.subscribe("fleet/+/status", qos=1)
 
     def on_status(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:

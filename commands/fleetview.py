@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,14 +22,15 @@ def observe(previous: Vehicle, state: dict[str, Any], rules: Rules) -> Vehicle:
     speed_kmh = _float(state.get("speed_kmh"))
     locked = state.get("locked")
     lon, lat = _float(state.get("lon")), _float(state.get("lat"))
-    return replace(
-        previous,
+    fix = lon is not None and lat is not None
+    return Vehicle(  # every field but `online` is new: cheaper than dataclasses.replace
+        online=previous.online,
+        locked=locked if isinstance(locked, bool) else previous.locked,
         seen=seen,
         speed_kmh=speed_kmh,
-        locked=locked if isinstance(locked, bool) else previous.locked,
         still_since=still_since(previous, speed_kmh, seen, rules),
-        lon=lon if lon is not None and lat is not None else previous.lon,
-        lat=lat if lon is not None and lat is not None else previous.lat,
+        lon=lon if fix else previous.lon,
+        lat=lat if fix else previous.lat,
     )
 
 

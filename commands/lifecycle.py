@@ -21,11 +21,22 @@ superseded / canceled. Lessons taken from other systems:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from commands.model import DESIRED_STATE, PENDING, TERMINAL, Action, Command, Rules, State, Transition, Vehicle
+from commands.model import (
+    DESIRED_STATE,
+    PENDING,
+    TERMINAL,
+    Action,
+    Command,
+    Rules,
+    State,
+    Transition,
+    Vehicle,
+    evolve,
+)
 
 AckResult = Literal["ok", "rejected", "error"]
 
@@ -142,7 +153,7 @@ def initial_state(command: Command, vehicle: Vehicle, now: datetime, rules: Rule
 
 
 def _move(command: Command, to: State, now: datetime, actor: str, detail: str = "", **changes: object) -> Step:
-    moved = replace(command, state=to, detail=detail, **changes)  # type: ignore[arg-type]
+    moved = evolve(command, state=to, detail=detail, **changes)
     return Step(moved, (Transition(command.id, now, command.state, to, actor, detail),))
 
 
@@ -193,7 +204,7 @@ def _tick(command: Command, now: datetime, vehicle: Vehicle, rules: Rules) -> St
             return Step(command)  # still waiting for the ack
         if not vehicle.online:
             # An ack timeout while the device is away counts for nothing: look again when it returns.
-            return Step(replace(command, next_at=None)) if command.next_at is not None else Step(command)
+            return Step(evolve(command, next_at=None)) if command.next_at is not None else Step(command)
         if command.attempts >= rules.max_sends:
             detail = f"no ack after {command.attempts} sends"
             return _move(command, State.FAILED, now, SERVICE, detail, next_at=None)
@@ -204,14 +215,14 @@ def _try_send(command: Command, now: datetime, vehicle: Vehicle, rules: Rules) -
     if not vehicle.online:
         # Waits, queued in order, for the device's return; a command already sent waits for its ack
         # or a resend then. The expiry timer still runs.
-        return Step(replace(command, next_at=None if command.state is State.SENT else command.expires_at))
+        return Step(evolve(command, next_at=None if command.state is State.SENT else command.expires_at))
     if command.needs_park and not parked(vehicle, now, rules):
         due = command.expires_at
         if vehicle.still_since is not None:
             due = min(due, vehicle.still_since + timedelta(seconds=rules.park_s))
         detail = _moving(vehicle, rules)
         if command.state is State.WAITING_FOR_PARK:
-            return Step(replace(command, next_at=due, detail=detail))
+            return Step(evolve(command, next_at=due, detail=detail))
         return _move(command, State.WAITING_FOR_PARK, now, SERVICE, detail, next_at=due)
     sends = command.attempts + 1
     due = min(now + timedelta(seconds=rules.ack_wait_s(sends)), command.expires_at)

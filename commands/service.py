@@ -15,30 +15,29 @@ that loses reloads the command instead of publishing.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
 import os
 import queue
+import re
 import socket
 import threading
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
 import psycopg
 import redis
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from commands import feeds, store
 from commands.fleetview import observe
 from commands.issue import TRANSITIONS_CHANNEL, WAKE_CHANNEL
 from commands.lifecycle import Acked, Step, Tick, step
 from commands.model import DESIRED_STATE, PENDING, TERMINAL, Action, Command, Rules, State, Vehicle
+from commands.publisher import CommandPublisher, Outgoing, PublishError
 from commands.theftwatch import Raised, TheftWatch
 from commands.wire import ACKS_STREAM, BadAck, command_topic, decode_ack_entry, encode_command, expiry_interval_s
 from kernel import metrics
@@ -52,6 +51,9 @@ log = logging.getLogger(__name__)
 GROUP = "commands"
 MAX_WAIT_S = 0.5  # longest sleep between looks at the stop flag
 RETRY_S = 1.0  # after a refused database or Redis call
+# Commands looked at per round: a burst goes out in slices, so the first are on their way (and their
+# acks coming back) while the service decides the next, instead of all waiting for one huge round.
+ROUND_COMMANDS = 1_000
 
 
 @dataclass(slots=True)
@@ -75,9 +77,10 @@ class _Round:
 class CommandService:
     def __init__(
         self, mqtt_url: str, redis_url: str, database_url: str, *, rules: Rules | None = None,
-        consumer: str | None = None,
+        consumer: str | None = None, publishers: int = 1,
     ) -> None:  # fmt: skip
         self.rules = rules or Rules()
+        self._publishers = publishers
         self._target = MqttTarget.parse(mqtt_url)
         self._redis_url = redis_url
         self._database_url = database_url
@@ -101,8 +104,8 @@ class CommandService:
 
     def run(self, stop: threading.Event) -> None:
         self._redis = redis.Redis.from_url(self._redis_url)
-        client = self._mqtt = feeds.status_client(self._target, f"fleet-commands-{self.consumer}", self._inbox)
-        self._props = Properties(PacketTypes.PUBLISH)
+        client = feeds.status_client(self._target, f"fleet-commands-{self.consumer}", self._inbox)
+        self._out = CommandPublisher(self._target, f"fleet-commands-{self.consumer}", self._publishers)
         feeders = [
             threading.Thread(target=feeds.read_acks, args=(self._redis_url, GROUP, self.consumer, self._inbox, stop),
                              name="commands-acks", daemon=True),
@@ -112,6 +115,10 @@ class CommandService:
         try:
             self._until_ok(stop, self._load)
             client.connect_async(self._target.host, self._target.port)
+            try:
+                self._out.open()
+            except PublishError as exc:  # each connection is tried again on its next publish
+                self._warn.warning("publish", "commands: cannot publish yet: %s", exc)
             client.loop_start()
             for thread in feeders:
                 thread.start()
@@ -122,6 +129,7 @@ class CommandService:
             stop.set()
             client.disconnect()
             client.loop_stop()
+            self._out.close()
             for thread in feeders:
                 if thread.is_alive():
                     thread.join(timeout=5)
@@ -205,7 +213,7 @@ class CommandService:
             self.vehicles[device] = replace(self.vehicles[device], online=online)
             work.devices.add(device)
         elif kind == WAKE_CHANNEL:
-            work.woken.add(data.decode(errors="replace"))
+            work.woken.update(data.decode(errors="replace").split())  # ids separated by spaces
         elif kind == LIVE_CHANNEL:
             states = _loads(data)
             for state in states if isinstance(states, list) else ():
@@ -234,7 +242,11 @@ class CommandService:
         acked, dead = self._ack_steps(conn, work.acks, now, steps)
         due = self._due(now) | {c.id for c in self.commands.values() if c.device_id in work.devices}
         due |= work.woken | work.look
-        for command in sorted((self.commands[i] for i in due if i in self.commands), key=lambda c: c.created_at):
+        looked = sorted((self.commands[i] for i in due if i in self.commands), key=lambda c: c.created_at)
+        if len(looked) > ROUND_COMMANDS:  # oldest first; a device's later commands never overtake its earlier
+            self._carry.look.update(c.id for c in looked[ROUND_COMMANDS:])
+            looked = looked[:ROUND_COMMANDS]
+        for command in looked:
             before, so_far = steps.get(command.id, (command, Step(command)))
             _chain(steps, before, so_far, step(so_far.command, Tick(now), self.vehicles[command.device_id], self.rules))
         changes = [v for v in steps.values() if v[1].transitions]
@@ -255,10 +267,13 @@ class CommandService:
         by_entry = dict(acked)
         done_acks = [entry_id for entry_id, command_id in acked if command_id not in lost]
         self._carry.acks.extend(e for e in work.acks if by_entry.get(e[0]) in lost)  # again, on the fresh state
+        outgoing = []
         for s in sorted(applied, key=lambda s: s.command.created_at):
             self._keep(s.command)
             if s.publish:
-                self._publish(s.command, now)
+                outgoing.append(_outgoing(s.command, now))
+        if outgoing:
+            self._publish(outgoing)
         if done_acks:
             self._redis.xack(ACKS_STREAM, GROUP, *done_acks)
             self.stats.acks += len(done_acks)
@@ -338,16 +353,10 @@ class CommandService:
             due.add(command_id)
         return due
 
-    def _publish(self, command: Command, now: datetime) -> None:
-        # One Properties object, reused: paho packs it inside publish(), and building one costs
-        # about as much as the rest of the publish.
-        self._props.MessageExpiryInterval = expiry_interval_s(command, now)
-        topic = command_topic(command.device_id)
-        info = self._mqtt.publish(topic, encode_command(command), qos=1, properties=self._props)
-        self.stats.sent += 1
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            # Stored as sent already: the ack timeout sends it again.
-            self._warn.warning("publish", "commands: publish to %s not accepted (rc %s)", topic, info.rc)
+    def _publish(self, outgoing: list[Outgoing]) -> None:
+        """The round's commands, oldest first, in one write per connection. What is not written now
+        (a connection down) is stored as sent already: the ack timeout sends it again."""
+        self.stats.sent += self._out.publish(outgoing)
 
     def _announce(self, applied: list[Step]) -> None:
         """The round's transitions as one JSON array on `fleet:commands` (as ingest does on `fleet:live`)."""
@@ -365,17 +374,22 @@ class CommandService:
                     metrics.COMMAND_OUTCOMES.labels(str(t.to_state)).inc()
 
 
+def _outgoing(command: Command, now: datetime) -> Outgoing:
+    return Outgoing(command.device_id, command_topic(command.device_id), encode_command(command),
+                    expiry_interval_s(command, now))  # fmt: skip
+
+
 def _chain(steps: dict[str, tuple[Command, Step]], before: Command, so_far: Step, nxt: Step) -> None:
     """Two events for one command in one round make one stored change, decided in order."""
     steps[before.id] = (before, Step(nxt.command, so_far.transitions + nxt.transitions, so_far.publish or nxt.publish))
 
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+
+
 def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
+    """What PostgreSQL's uuid type reads in the form we write (a regex: `uuid.UUID` costs more)."""
+    return _UUID.fullmatch(text) is not None
 
 
 def _loads(raw: bytes) -> Any:
@@ -395,8 +409,14 @@ def consumer_name(instance: str | None = None) -> str:
     return f"commands-{instance or os.environ.get('FLEET_COMMANDS_ID') or f'{socket.gethostname()}-{os.getpid()}'}"
 
 
-def run_commands(mqtt_url: str, redis_url: str, database_url: str, rules: Rules, instance: str | None = None) -> None:
+def run_commands(
+    mqtt_url: str, redis_url: str, database_url: str, rules: Rules, instance: str | None = None, publishers: int = 1
+) -> None:
     from kernel.process import stop_on_signals
 
+    # A burst makes hundreds of thousands of short-lived objects with no cycles; the default
+    # thresholds run the cyclic collector thousands of times over them.
+    gc.set_threshold(50_000, 20, 20)
     stop = stop_on_signals()
-    CommandService(mqtt_url, redis_url, database_url, rules=rules, consumer=consumer_name(instance)).run(stop)
+    CommandService(mqtt_url, redis_url, database_url, rules=rules, consumer=consumer_name(instance),
+                   publishers=publishers).run(stop)  # fmt: skip

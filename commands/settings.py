@@ -20,6 +20,8 @@ class CommandSettings(BaseSettings):
     park_s: float = Field(default=30.0, ge=0)
     ttl_s: dict[Action, float] = Field(default_factory=dict)
     max_ttl_s: float = Field(default=MAX_TTL_S, gt=0)
+    # Connections the service publishes commands on; a device always takes the same one (its order kept).
+    publishers: int = Field(default=1, ge=1, le=64)
 
     def rules(self) -> Rules:
         return Rules(

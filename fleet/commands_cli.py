@@ -50,8 +50,12 @@ def serve(
     if not endpoints.mqtt_url:
         console.print("[red]no command service account: set FLEET_MQTT_COMMANDS_URL[/red]")
         raise typer.Exit(1)
+    from commands.settings import CommandSettings
+
+    settings = CommandSettings()
     metrics.serve(metrics_port, endpoints.redis_url, ["commands"])
-    run_commands(endpoints.mqtt_url, endpoints.redis_url, endpoints.database_url, _rules(), instance)
+    run_commands(endpoints.mqtt_url, endpoints.redis_url, endpoints.database_url, settings.rules(), instance,
+                 settings.publishers)  # fmt: skip
 
 
 def _param(text: str) -> tuple[str, Any]:

@@ -28,6 +28,7 @@ DISCONNECT_PACKET = b"\xe0\x00"  # reason "normal" left implicit; a persistent s
 END_SESSION_PACKET = b"\xe0\x07\x00\x05\x11\x00\x00\x00\x00"  # MQTT 5: normal, session expiry now
 
 # MQTT 5 property identifiers (§2.2.2.2) and how each is encoded
+MESSAGE_EXPIRY = 0x02
 SESSION_EXPIRY, ASSIGNED_CLIENT_ID, SERVER_KEEP_ALIVE, REASON_STRING = 0x11, 0x12, 0x13, 0x1F
 RECEIVE_MAXIMUM, TOPIC_ALIAS_MAXIMUM, TOPIC_ALIAS, MAXIMUM_QOS, RETAIN_AVAILABLE = 0x21, 0x22, 0x23, 0x24, 0x25
 USER_PROPERTY, MAXIMUM_PACKET_SIZE, WILDCARD_AVAILABLE, SUBSCRIPTION_ID_AVAILABLE = 0x26, 0x27, 0x28, 0x29
@@ -105,9 +106,13 @@ def unsubscribe_packet(mid: int, filters: Sequence[str], version: int = V5) -> b
     return packet(0xA2, struct.pack("!H", mid) + props + b"".join(encode_string(f) for f in filters))
 
 
-def publish_packet(topic: str, payload: bytes, mid: int, *, qos: int = 1, version: int = V311) -> bytes:
-    """PUBLISH, not retained; `mid` (1..65535) only at QoS 1 or 2."""
-    body = encode_string(topic) + (struct.pack("!H", mid) if qos else b"") + (b"\x00" if version == V5 else b"")
+def publish_packet(
+    topic: str, payload: bytes, mid: int, *, qos: int = 1, version: int = V311, properties: bytes = b""
+) -> bytes:
+    """PUBLISH, not retained; `mid` (1..65535) only at QoS 1 or 2; `properties` (MQTT 5 only) already
+    encoded, e.g. `prop_u32(MESSAGE_EXPIRY, seconds)`."""
+    props = encode_varint(len(properties)) + properties if version == V5 else b""
+    body = encode_string(topic) + (struct.pack("!H", mid) if qos else b"") + props
     return packet(0x30 | qos << 1, body + payload)
 
 

@@ -33,12 +33,14 @@ def truncate_commands(endpoints: Endpoints) -> None:
 
 
 @contextmanager
-def command_service(endpoints: Endpoints, rules: Rules = FAST, consumer: str = "test") -> Iterator[CommandService]:
+def command_service(
+    endpoints: Endpoints, rules: Rules = FAST, consumer: str = "test", publishers: int = 1
+) -> Iterator[CommandService]:
     own = endpoints.for_service("commands")  # its own database role, Redis user and broker account
     assert own.mqtt_url, "the stack has no command service account"
     stop = threading.Event()
     service = CommandService(own.mqtt_url, own.redis_url, own.database_url,
-                             rules=rules, consumer=consumer)  # fmt: skip
+                             rules=rules, consumer=consumer, publishers=publishers)  # fmt: skip
     thread = threading.Thread(target=service.run, args=(stop,), name="commands")
     thread.start()
     try:

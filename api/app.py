@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import ConnectionPool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,11 +27,13 @@ from api.routes import (
     events,
     health,
     keys,
+    live,
     service_status,
     utilization,
     vehicles,
     zones,
 )
+from api.routes import map as map_page
 from ingest.livestate import LiveState
 
 AUTH_POOL_SIZE = 4  # at most this many key lookups at once; more wait for a connection
@@ -65,6 +68,9 @@ def create_app(config: ApiConfig) -> FastAPI:
         try:
             yield
         finally:
+            hub = getattr(app.state, "live_hub", None)
+            if hub is not None:
+                await hub.stop()
             if app.state.registry is not None:
                 app.state.registry.close()
             app.state.auth_pool.close()
@@ -72,8 +78,10 @@ def create_app(config: ApiConfig) -> FastAPI:
 
     docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Fleet gateway", version="0.1.0", lifespan=lifespan, **docs)  # type: ignore[arg-type]
-    for module in (health, vehicles, devices, service_status, zones, events, utilization, commands, keys, audit):
+    for module in (health, vehicles, devices, service_status, zones, events, utilization, commands, keys, audit,
+                   live, map_page):  # fmt: skip
         app.include_router(module.router)
+    app.mount("/map/static", StaticFiles(packages=[("api", "static")]), name="map-static")
     check_declared(app.routes)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     return app

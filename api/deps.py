@@ -20,6 +20,8 @@ class ApiConfig:
     redis_url: str
     mqtt_admin_url: str | None = None
     docs: bool = True  # serve /docs, /redoc and /openapi.json (public: the document holds no secret)
+    map_tiles_url: str | None = None  # the map page's base-map tiles ({z}/{x}/{y}); none: plain background
+    map_tiles_attribution: str = ""
 
     __repr__ = redacted_repr
 

@@ -24,12 +24,14 @@ StateDir = Annotated[Path | None, typer.Option("--state-dir", help="State folder
 
 # -- stack ----------------------------------------------------------------------------------------
 @stack_app.command("install")
-def stack_install() -> None:
+def stack_install(
+    tests: Annotated[bool, typer.Option("--tests", help="Also what the test suite needs (chromium).")] = False,
+) -> None:
     """Install the server binaries and build TimescaleDB if missing (root), else print what to run."""
     from gateway.stack import StackError, ensure_installed
 
     try:
-        ensure_installed(log=console.print)
+        ensure_installed(log=console.print, tests=tests)
     except StackError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -175,7 +177,10 @@ def api(
         console.print("[red]HTTPS needs both a certificate and its key (--tls-cert and --tls-key)[/red]")
         raise typer.Exit(2)
     endpoints = resolve(settings, service="api")
-    config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs)
+    config = ApiConfig(
+        endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs,
+        map_tiles_url=settings.map_tiles_url, map_tiles_attribution=settings.map_tiles_attribution,
+    )  # fmt: skip
     uvicorn.run(
         create_app(config),
         host=host or settings.api_host,

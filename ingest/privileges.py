@@ -36,8 +36,9 @@ OWNER_ONLY = frozenset({"schema_migrations"})
 TABLE_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     # ingest/store.py: binary COPY, and on replays a temporary `LIKE telemetry` staging table (LIKE
     # reads the table's definition: SELECT) merged with INSERT ... ON CONFLICT DO NOTHING
-    "telemetry": {"ingest": READ_APPEND},
-    "device_keys": {"ingest": READ_APPEND},
+    # the API reads a vehicle's history (the map's track of a vehicle), by its key
+    "telemetry": {"ingest": READ_APPEND, "api": READ},
+    "device_keys": {"ingest": READ_APPEND, "api": READ},
     "dead_letters": {"ingest": APPEND, "geofence": APPEND, "commands": APPEND},  # and what each refuses
     # the device registry (API) and the utilization rollup (geofence: registration dates)
     "devices": {"api": ALL_ROWS, "geofence": READ, "commands": READ},

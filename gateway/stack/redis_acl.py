@@ -61,11 +61,13 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
          "+publish", "+hincrby"),
     ),
     "api": (
-        # live map and health read; the device registry admits and evicts devices for the gateway
+        # live map and health read; the device registry admits and evicts devices for the gateway;
+        # /v1/live subscribes to vehicle states, zone events and command transitions
         (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"~{keys.DEVICES}",
          f"~{keys.DEVICES_VERSION}"),
-        (keys.CMD_WAKE_CHANNEL,),
-        (*_TRANSACTION, "+hgetall", "+hget", "+hmget", "+sadd", "+srem", "+del", "+incrby", "+publish"),
+        (keys.CMD_WAKE_CHANNEL, keys.LIVE_CHANNEL, keys.EVENTS_CHANNEL, keys.COMMANDS_CHANNEL),
+        (*_TRANSACTION, "+hgetall", "+hget", "+hmget", "+sadd", "+srem", "+del", "+incrby", "+publish",
+         "+subscribe", "+unsubscribe"),
     ),
 }  # fmt: skip
 

@@ -61,7 +61,8 @@ def test_every_table_of_the_schema_has_its_grants_written_down(endpoints: Endpoi
 
 def test_the_api_role_reads_what_it_serves_and_cannot_write_telemetry(own: Endpoints) -> None:
     with _as(own, "api") as conn:
-        for table in ("devices", "zones", "zone_events", "trips", "utilization_hourly", "device_service"):
+        for table in ("devices", "zones", "zone_events", "trips", "utilization_hourly", "device_service", "telemetry",
+                      "device_keys"):  # fmt: skip
             conn.execute(f"SELECT count(*) FROM {table}")
         assert _refused(conn, INSERT_TELEMETRY)
         assert _refused(conn, "UPDATE telemetry SET lat = 0")

@@ -79,8 +79,10 @@ class LiveHub:
                 await task
 
     def offer(self, client: LiveClient, tick: Tick) -> None:
-        """Give one client a tick of its own (the fleet snapshot when it sets its box)."""
+        """Give one client a tick of its own (the fleet snapshot when it sets its box), sent even when
+        empty: the client learns its box is in force."""
         client.feed.offer(tick)
+        client.feed.due = True
         client.wake.set()
 
     async def _run(self) -> None:

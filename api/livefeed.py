@@ -176,6 +176,7 @@ class ClientFeed:
         self._events: deque[bytes] = deque(maxlen=max_events)
         self._known: set[str] = set()  # vehicles last sent inside the box
         self.dropped = 0  # events lost to overflow since the last take
+        self.due = False  # send at the next take even when empty (the answer to a new box)
 
     def set_box(self, box: Box) -> None:
         """A new view. Vehicles already sent stay known, so those outside it get one last update."""
@@ -212,7 +213,7 @@ class ClientFeed:
 
     def take(self) -> bytes | None:
         """One message with everything pending (None when there is nothing), and the feed emptied."""
-        if not self._pending and not self._events and not self.dropped:
+        if not self._pending and not self._events and not self.dropped and not self.due:
             return None
         message = b"".join(
             (b'{"type":"update","vehicles":[', b",".join(self._pending.values()), b'],"events":[',
@@ -221,6 +222,7 @@ class ClientFeed:
         self._pending = {}
         self._events.clear()
         self.dropped = 0
+        self.due = False
         return message
 
 

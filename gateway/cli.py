@@ -186,6 +186,7 @@ def api(
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",
+        ws="websockets-sansio",  # /v1/live; uvicorn's default picks websockets' deprecated legacy API
         ssl_certfile=str(cert) if cert else None,
         ssl_keyfile=str(key) if key else None,
     )

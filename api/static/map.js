@@ -63,7 +63,8 @@
   }
 
   // -- the map -------------------------------------------------------------------------------------
-  const map = L.map("map", { zoomControl: true, preferCanvas: false }).setView([48.137, 11.575], 13);
+  const map = L.map("map", { zoomControl: true, minZoom: 2, maxZoom: 19 })  // markercluster needs a maxZoom without tiles
+   .setView([48.137, 11.575], 13);
   const zonesLayer = L.layerGroup().addTo(map);
   const trackLayer = L.layerGroup().addTo(map);
   const clusters = L.markerClusterGroup({ chunkedLoading: true, disableClusteringAtZoom: 17, maxClusterRadius: 50,
@@ -109,11 +110,34 @@
     }
     Object.assign(entry.props, props);
     const before = entry.marker.getLatLng();
-    if (before.lat !== lat || before.lng !== lon) entry.marker.setLatLng([lat, lon]);
+    if (before.lat !== lat || before.lng !== lon) { moves.set(id, [lat, lon]); scheduleMoves(); }
     const state = stateOf(entry.props, id);
     if (state !== entry.state) { entry.state = state; entry.marker.setIcon(icon(id, state)); }
     if (selected === id) showFacts(id);
     return entry;
+  }
+
+  // Markers are moved in bulk, out of the cluster group and back, between zoom animations: moving
+  // one inside the group while it animates breaks markercluster's bookkeeping.
+  const moves = new Map();  // id → [lat, lon]
+  const MOVE_EVERY_MS = 500;
+  let zooming = false;
+  let moveTimer = null;
+  map.on("zoomstart", () => { zooming = true; });
+  map.on("zoomend", () => { zooming = false; scheduleMoves(); });
+
+  function scheduleMoves() {
+    if (moveTimer === null) moveTimer = setTimeout(applyMoves, MOVE_EVERY_MS);
+  }
+
+  function applyMoves() {
+    moveTimer = null;
+    if (zooming || !moves.size) return;
+    const markers = [...moves.keys()].map((id) => vehicles.get(id).marker);
+    clusters.removeLayers(markers);
+    for (const [id, latLng] of moves) vehicles.get(id).marker.setLatLng(latLng);
+    clusters.addLayers(markers);
+    moves.clear();
   }
 
   function counts() {
@@ -325,7 +349,7 @@
     if (chart) chart.destroy();
     chart = new uPlot({ width, height: 150, legend: { show: false },
       scales: { y: { range: [0, 100] } },
-      axes: [{}, { values: (_u, ticks) => ticks.map((t) => `${t}%`), size: 44 }],
+      axes: [{}, { values: (_u, ticks) => ticks.map((t) => `${t}%`), size: 54 }],
       series: [{}, { label: "utilization", stroke: "#1f77d0", fill: "#1f77d022", width: 2, spanGaps: true }],
     }, [xs, ys], $("utilization"));
   }

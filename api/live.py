@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from api.livefeed import Box, ClientFeed, Tick, TickBuilder, snapshot_tick
+from api.livefeed import Box, ClientFeed, Tick, TickBuilder, choose, snapshot_tick
 from gateway import keys
 from gateway.ratelimit import RateLimitedLog
 
@@ -126,8 +126,10 @@ class LiveHub:
         if not len(tick):
             return
         self.stats.updates += len(tick)
-        for client in self._clients:
-            client.feed.offer(tick)
+        clients = list(self._clients)
+        shares = choose([c.feed.box for c in clients], tick)
+        for client, chosen in zip(clients, shares, strict=True):
+            client.feed.offer(tick, chosen)
             client.wake.set()
 
 

@@ -8,7 +8,9 @@ and keeps it until the client's socket is free:
 - positions are **coalesced**: one entry per vehicle, the newest wins, so a client that reads slowly
   gets the latest state of each vehicle instead of a growing queue (memory bounded by the fleet);
 - a vehicle that leaves the box is sent once more (its position outside), so the client can move or
-  drop its marker instead of leaving it at the edge;
+  drop its marker instead of leaving it at the edge: "left" means its position at the tick before was
+  in the box, which numpy tests for every client at once per tick, with no per-client memory of
+  what it was sent (the builder remembers each vehicle's last position: memory bounded by the fleet);
 - zone events (in the box) and command transitions (for every vehicle: an operator follows a command
   from the vehicle's panel even when the map has moved on) are kept in order in a bounded queue; when
   it overflows the oldest go, and the next message says how many were dropped.
@@ -19,7 +21,7 @@ Never imports asyncio or redis: the shell decides when to tick and when a socket
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,8 @@ import numpy as np
 import orjson
 
 MAX_EVENTS = 1000  # zone events and command transitions held for one client before the oldest go
-_VEHICLE_FIELDS = ("ts", "speed_kmh", "heading_deg", "battery_pct", "locked", "faults")
+MAX_HELD_TICKS = 8  # a client's unsent ticks kept as they are; beyond, folded to one state per vehicle
+_NUMBER = (float, int)
 _DROP = object()
 
 
@@ -82,10 +85,14 @@ def parse_box(value: object) -> Box:
 class Tick:
     """One tick's updates, parsed and encoded once for every client."""
 
-    ids: tuple[str, ...] = ()
+    # numpy object arrays, so a client's share is one fancy index: ids[chosen], encoded[chosen]
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
     lon: np.ndarray = field(default_factory=lambda: np.empty(0))
     lat: np.ndarray = field(default_factory=lambda: np.empty(0))
-    encoded: tuple[bytes, ...] = ()  # one vehicle's JSON object per id
+    encoded: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))  # one JSON object per id
+    # where each vehicle was at the tick before (NaN: not seen before), to tell who left a box
+    prev_lon: np.ndarray = field(default_factory=lambda: np.empty(0))
+    prev_lat: np.ndarray = field(default_factory=lambda: np.empty(0))
     events: tuple[tuple[float, float, bytes], ...] = ()  # zone events: lon, lat, JSON object
     commands: tuple[bytes, ...] = ()  # command transitions, JSON objects
 
@@ -94,17 +101,35 @@ class Tick:
 
 
 def vehicle_message(state: Mapping[str, Any]) -> bytes | None:
-    """The map's view of one live state (what a marker needs), or None without a position."""
-    lat, lon = state.get("lat"), state.get("lon")
-    device_id = state.get("id")
-    if not isinstance(lat, int | float) or not isinstance(lon, int | float) or not isinstance(device_id, str):
+    """The map's view of one live state (what a marker needs), or None without a position. Values are
+    passed as stored (the subscriber encodes every update of the fleet: this is its hot path)."""
+    lat, lon, device_id = state.get("lat"), state.get("lon"), state.get("id")
+    if type(lat) not in _NUMBER or type(lon) not in _NUMBER or type(device_id) is not str:
         return None
-    out: dict[str, Any] = {"id": device_id, "lon": round(float(lon), 7), "lat": round(float(lat), 7)}
-    for name in _VEHICLE_FIELDS:
-        out[name] = state.get(name)
-    if not isinstance(out["faults"], list):  # Lua's cjson turns [] into {}
-        out["faults"] = []
-    return orjson.dumps(out)
+    faults = state.get("faults")
+    get = state.get
+    return orjson.dumps(
+        {"id": device_id, "lon": lon, "lat": lat, "ts": get("ts"), "speed_kmh": get("speed_kmh"),
+         "heading_deg": get("heading_deg"), "battery_pct": get("battery_pct"), "locked": get("locked"),
+         "faults": faults if type(faults) is list else []}  # Lua's cjson turns [] into {}
+    )  # fmt: skip
+
+
+def choose(boxes: Sequence[Box], tick: Tick) -> list[np.ndarray]:
+    """Each box's share of a tick (indexes into it): the vehicles in the box now, and those that were
+    in it at the tick before and are gone. One broadcast test of every box against every vehicle."""
+    if not boxes:
+        return []
+    west, south, east, north = (np.array([getattr(b, side) for b in boxes])[:, None]
+                                for side in ("west", "south", "east", "north"))  # fmt: skip
+    plain = west <= east
+
+    def inside(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        lon_in = np.where(plain, (lon >= west) & (lon <= east), (lon >= west) | (lon <= east))
+        return lon_in & (lat >= south) & (lat <= north)
+
+    hits = inside(tick.lon, tick.lat) | inside(tick.prev_lon, tick.prev_lat)
+    return [np.flatnonzero(row) for row in hits]
 
 
 class TickBuilder:
@@ -114,6 +139,7 @@ class TickBuilder:
         self._vehicles: dict[str, tuple[float, float, bytes]] = {}
         self._events: list[tuple[float, float, bytes]] = []
         self._commands: list[bytes] = []
+        self._last: dict[str, tuple[float, float]] = {}  # every vehicle's position at the last tick
         self.malformed = 0  # messages that were not what their channel carries (counted, skipped)
 
     def add_states(self, payload: bytes) -> None:
@@ -154,15 +180,23 @@ class TickBuilder:
             return _DROP
 
     def take(self) -> Tick:
-        vehicles = self._vehicles
+        vehicles, last, n = self._vehicles, self._last, len(self._vehicles)
+        unseen = (np.nan, np.nan)
+        prev = [last.get(device, unseen) for device in vehicles]
+        ids, encoded = np.empty(n, dtype=object), np.empty(n, dtype=object)
+        ids[:] = list(vehicles)
+        encoded[:] = [v[2] for v in vehicles.values()]
         tick = Tick(
-            ids=tuple(vehicles),
-            lon=np.fromiter((v[0] for v in vehicles.values()), float, len(vehicles)),
-            lat=np.fromiter((v[1] for v in vehicles.values()), float, len(vehicles)),
-            encoded=tuple(v[2] for v in vehicles.values()),
+            ids=ids,
+            lon=np.fromiter((v[0] for v in vehicles.values()), float, n),
+            lat=np.fromiter((v[1] for v in vehicles.values()), float, n),
+            encoded=encoded,
+            prev_lon=np.fromiter((p[0] for p in prev), float, n),
+            prev_lat=np.fromiter((p[1] for p in prev), float, n),
             events=tuple(self._events),
             commands=tuple(self._commands),
         )
+        last.update((device, (v[0], v[1])) for device, v in vehicles.items())
         self._vehicles, self._events, self._commands = {}, [], []
         return tick
 
@@ -172,31 +206,27 @@ class ClientFeed:
 
     def __init__(self, box: Box = WORLD, max_events: int = MAX_EVENTS) -> None:
         self.box = box
-        self._pending: dict[str, bytes] = {}
+        self._held: list[tuple[Tick, np.ndarray]] = []  # ticks not yet sent, with this client's share
+        self._pending: dict[str, bytes] = {}  # held ticks folded: the newest state per vehicle
         self._events: deque[bytes] = deque(maxlen=max_events)
-        self._known: set[str] = set()  # vehicles last sent inside the box
         self.dropped = 0  # events lost to overflow since the last take
         self.due = False  # send at the next take even when empty (the answer to a new box)
 
     def set_box(self, box: Box) -> None:
-        """A new view. Vehicles already sent stay known, so those outside it get one last update."""
+        """A new view: from the next tick on, what is in it (the shell sends a snapshot of it first)."""
         self.box = box
 
-    def offer(self, tick: Tick) -> None:
-        if tick.ids:
-            chosen = np.flatnonzero(self.box.mask(tick.lon, tick.lat))
-            ids, encoded, pending = tick.ids, tick.encoded, self._pending
-            inside = [ids[i] for i in chosen]
-            for i in chosen:
-                pending[ids[i]] = encoded[i]
-            if self._known:
-                left = self._known.intersection(ids).difference(inside)
-                if left:
-                    where = {device: i for i, device in enumerate(ids) if device in left}
-                    for device, i in where.items():
-                        pending[device] = encoded[i]
-                    self._known -= left
-            self._known.update(inside)
+    def offer(self, tick: Tick, chosen: np.ndarray | None = None) -> None:
+        """Take this client's share of a tick: `chosen` (from `choose`, for every client at once) or
+        what its box selects. A fast client's share is sent as it is; a slow one's held ticks are
+        folded into the newest state per vehicle once there are `MAX_HELD_TICKS`."""
+        if len(tick.ids):
+            if chosen is None:
+                chosen = choose([self.box], tick)[0]
+            if len(chosen):
+                self._held.append((tick, chosen))
+                if len(self._held) > MAX_HELD_TICKS:
+                    self._fold()
         for lon, lat, event in tick.events:
             if self.box.contains(lon, lat):
                 self._push(event)
@@ -208,15 +238,28 @@ class ClientFeed:
             self.dropped += 1
         self._events.append(item)
 
+    def _fold(self) -> None:
+        for tick, chosen in self._held:
+            self._pending.update(zip(tick.ids[chosen].tolist(), tick.encoded[chosen].tolist(), strict=True))
+        self._held.clear()
+
     def __len__(self) -> int:
+        """Vehicles and events pending (folding held ticks first, so each vehicle counts once)."""
+        self._fold()
         return len(self._pending) + len(self._events)
 
     def take(self) -> bytes | None:
         """One message with everything pending (None when there is nothing), and the feed emptied."""
-        if not self._pending and not self._events and not self.dropped and not self.due:
+        if not self._held and not self._pending and not self._events and not self.dropped and not self.due:
             return None
+        if len(self._held) == 1 and not self._pending:  # the usual case: one tick, each vehicle once in it
+            tick, chosen = self._held.pop()
+            vehicles = b",".join(tick.encoded[chosen].tolist())
+        else:
+            self._fold()
+            vehicles = b",".join(self._pending.values())
         message = b"".join(
-            (b'{"type":"update","vehicles":[', b",".join(self._pending.values()), b'],"events":[',
+            (b'{"type":"update","vehicles":[', vehicles, b'],"events":[',
              b",".join(self._events), b'],"dropped":', str(self.dropped).encode(), b"}")
         )  # fmt: skip
         self._pending = {}

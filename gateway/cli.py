@@ -187,6 +187,9 @@ def api(
         port=port or settings.api_port,
         log_level="info",
         ws="websockets-sansio",  # /v1/live; uvicorn's default picks websockets' deprecated legacy API
+        # compressing every client's updates separately cost more CPU than all the rest of the fan-out
+        # (bench/live.py, docs/performance.md)
+        ws_per_message_deflate=False,
         ssl_certfile=str(cert) if cert else None,
         ssl_keyfile=str(key) if key else None,
     )
@@ -439,6 +442,12 @@ def bench_session(ctx: typer.Context) -> None:
 from commands.cli import app as commands_app  # noqa: E402 - kept in this one block
 
 app.add_typer(commands_app, name="commands")
+
+
+@bench_app.command("live", context_settings=_PASS_THROUGH)
+def bench_live(ctx: typer.Context) -> None:
+    """/v1/live fan-out: WebSocket clients (100), vehicle updates a second (10,000), the lag each client sees."""
+    _run_bench("live", ctx.args)
 
 
 @bench_app.command("commands", context_settings=_PASS_THROUGH)

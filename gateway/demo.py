@@ -229,6 +229,8 @@ def _announce(settings: Settings, devices: int, logs: Path, key: str, console: C
     scheme = "https" if settings.api_tls_cert and settings.api_tls_key else "http"
     url = f"{scheme}://{settings.api_host}:{settings.api_port}"
     console.print(f"[bold green]Fleet is up[/]: {devices} simulated devices.")
+    console.print(f"  map:      {map_url(url, key)}", highlight=False, soft_wrap=True)
+    console.print("            (open it, click a bike, lock it; the key stays in that browser)")
     console.print(f"  API key:  {key}   (admin; shown once, revoked by the next demo)", highlight=False)
     console.print(f"  map API:  {url}/v1/vehicles   (GeoJSON)")
     console.print(f"  zones:    {url}/v1/zones   events: {url}/v1/events   utilization: {url}/v1/utilization")
@@ -239,6 +241,12 @@ def _announce(settings: Settings, devices: int, logs: Path, key: str, console: C
     console.print("            fleet commands show ID   ·   fleet commands list   ·   docs/commands.md")
     console.print(f"  logs:     {logs}/")
     console.print("Press Ctrl-C to stop.")
+
+
+def map_url(api_url: str, key: str) -> str:
+    """The map page with the key in the fragment: a browser never sends a fragment to the server (so it
+    is in no access log), and the page moves it into its own storage and out of the address bar."""
+    return f"{api_url}/map#key={key}"
 
 
 def _json_bike(devices: int) -> str:

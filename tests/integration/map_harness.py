@@ -28,7 +28,7 @@ def serve_api(config: ApiConfig, start_timeout_s: float = 15.0) -> Iterator[str]
     """`http://127.0.0.1:PORT` while the block runs; the server is stopped and joined after it."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", ws=WS))  # fmt: skip
+                                           lifespan="on", ws=WS, ws_per_message_deflate=False))  # fmt: skip
     thread = threading.Thread(target=server.run, name="api-server")
     thread.start()
     deadline = time.monotonic() + start_timeout_s

@@ -240,10 +240,17 @@
       `<small>${when(c.created_at)} by ${escapeHtml(c.requested_by)}</small></li>`;
   }
 
+  let shownCommands = [];  // the selected vehicle's last commands, as listed
+
+  function renderCommands() {
+    $("commands").innerHTML = shownCommands.length ? shownCommands.map(commandLine).join("") : "<li>none yet</li>";
+  }
+
   async function showCommands(id) {
     const list = await api(`/v1/devices/${encodeURIComponent(id)}/commands?limit=5`);
     if (selected !== id) return;
-    $("commands").innerHTML = list.length ? list.map(commandLine).join("") : "<li>none yet</li>";
+    shownCommands = list;
+    renderCommands();
   }
 
   // Subscriptions are a separate feature: the server says whether its route exists. Without it (or
@@ -275,6 +282,8 @@
     el.textContent = `${text}${c.detail ? ` (${c.detail})` : ""}`;
     el.className = c.state === "confirmed" ? "done" : TERMINAL.has(c.state) ? "refused" : "";
     el.dataset.state = c.state;
+    const listed = shownCommands.find((s) => s.id === c.id);
+    if (listed) { Object.assign(listed, { state: c.state, detail: c.detail || "" }); renderCommands(); }
   }
 
   async function command(action) {

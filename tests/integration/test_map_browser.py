@@ -134,6 +134,7 @@ def _drive(page: Any, ids: list[str], screen: str) -> None:
                            timeout=ms)  # fmt: skip
     page.wait_for_function("document.getElementById('command-status').dataset.state === 'confirmed'", timeout=ms * 2)
     assert "lock confirmed" in page.locator("#command-status").inner_text()
-    page.wait_for_function("document.querySelector('#commands li b')?.textContent === 'lock'", timeout=ms)
+    page.wait_for_function("document.querySelector('#commands li')?.textContent.startsWith('lock confirmed')",
+                           timeout=ms)  # fmt: skip
     if screen == "phone":
         assert page.locator("#panel").bounding_box()["width"] <= 390  # a sheet across the screen, not a side panel

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from api.livefeed import Box, ClientFeed, Tick, TickBuilder, choose, snapshot_tick
+from api.livefeed import Box, ClientFeed, Tick, TickBuilder, choose
 from gateway import keys
 from gateway.ratelimit import RateLimitedLog
 
@@ -86,7 +86,7 @@ class LiveHub:
         client.wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while self._clients:  # a hub whose clients are all gone (or never came) stops retrying
             try:
                 await self._subscribe_and_fan_out()
             except asyncio.CancelledError:
@@ -144,4 +144,4 @@ async def send_loop(client: LiveClient, send: Callable[[str], Awaitable[None]]) 
             client.sent += 1
 
 
-__all__ = ["CHANNELS", "TICK_S", "LiveClient", "LiveHub", "send_loop", "snapshot_tick"]
+__all__ = ["CHANNELS", "TICK_S", "LiveClient", "LiveHub", "send_loop"]

@@ -25,7 +25,7 @@ from api import keystore
 from api.keys import Role
 from api.keystore import Actor
 from api.live import LiveClient, LiveHub, send_loop
-from api.livefeed import WORLD, Box, parse_box, snapshot_tick
+from api.livefeed import WORLD, parse_box, snapshot_tick
 
 router = APIRouter(tags=["live"])
 
@@ -140,6 +140,3 @@ async def _close_bad(websocket: WebSocket, exc: Exception) -> None:
     if isinstance(exc, WebSocketDisconnect):
         return
     await websocket.close(BAD_MESSAGE, str(exc)[:120])
-
-
-__all__ = ["Box", "router"]

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/fleet: pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(BIN)/fleet
 
 install: $(BIN)/fleet
@@ -18,7 +18,8 @@ stack: install
 demo: stack
 	$(BIN)/fleet demo
 
-test: stack
+test: install
+	$(BIN)/fleet stack install --tests
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest

@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import check_declared, document_refusals
@@ -36,6 +37,7 @@ from api.routes import (
     health,
     imports,
     keys,
+    live,
     mds,
     service_status,
     subscriptions,
@@ -44,6 +46,8 @@ from api.routes import (
     webhooks,
     zones,
 )
+from api.routes import map as map_page
+from kernel.livestate import LiveState
 
 AUTH_POOL_SIZE = 4  # at most this many key lookups at once; more wait for a connection
 
@@ -55,6 +59,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         app.state.config = config
         app.state.redis = client  # synchronous: for the shared helpers that run in threads
         app.state.aredis = aioredis.Redis.from_url(config.redis_url)
+        app.state.live = LiveState(client)  # /v1/live's snapshot of a client's new box
         app.state.registry = None
         app.state.webhook_secret = config.webhook_secret
         app.state.webhook_tolerance_s = config.webhook_tolerance_s
@@ -78,6 +83,9 @@ def create_app(config: ApiConfig) -> FastAPI:
             yield
         finally:
             await app.state.fleet.close()
+            hub = getattr(app.state, "live_hub", None)
+            if hub is not None:
+                await hub.stop()
             if app.state.registry is not None:
                 app.state.registry.close()
             await app.state.db.close()
@@ -89,9 +97,10 @@ def create_app(config: ApiConfig) -> FastAPI:
     docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Fleet gateway", version="0.1.0", lifespan=lifespan, **docs)  # type: ignore[arg-type]
     for module in (health, vehicles, devices, service_status, zones, events, utilization, activity, deadletters,
-                   commands, subscriptions, keys, audit, webhooks, imports, gbfs, mds):  # fmt: skip
+                   commands, subscriptions, keys, audit, webhooks, imports, gbfs, mds, live, map_page):  # fmt: skip
         app.include_router(module.router)
     app.include_router(metrics_router)
+    app.mount("/map/static", StaticFiles(packages=[("api", "static")]), name="map-static")
     check_declared(app.routes)
     document_refusals(app.routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -24,6 +24,8 @@ class ApiConfig:
     webhook_tolerance_s: float = 300.0
     mqtt_url: str | None = None  # the broker, for /readyz (any account: only its answer is checked)
     system: SystemInfo = field(default_factory=SystemInfo)  # how the GBFS and MDS feeds name the system
+    map_tiles_url: str | None = None  # the map page's base-map tiles ({z}/{x}/{y}); none: plain background
+    map_tiles_attribution: str = ""
 
     __repr__ = redacted_repr
 

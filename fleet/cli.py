@@ -27,12 +27,14 @@ MetricsPort = Annotated[
 
 # -- stack ----------------------------------------------------------------------------------------
 @stack_app.command("install")
-def stack_install() -> None:
+def stack_install(
+    tests: Annotated[bool, typer.Option("--tests", help="Also what the test suite needs (chromium).")] = False,
+) -> None:
     """Install the server binaries and build TimescaleDB if missing (root), else print what to run."""
     from localstack import StackError, ensure_installed
 
     try:
-        ensure_installed(log=console.print)
+        ensure_installed(log=console.print, tests=tests)
     except StackError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -190,12 +192,18 @@ def api(
     hooks = WebhookSettings()
     config = ApiConfig(endpoints.database_url, endpoints.redis_url, endpoints.mqtt_admin_url, docs=settings.api_docs,
                        webhook_secret=hooks.shared_secret(), webhook_tolerance_s=hooks.tolerance_s,
-                       mqtt_url=endpoints.mqtt_url or endpoints.mqtt_admin_url or settings.mqtt_url)  # fmt: skip
+                       mqtt_url=endpoints.mqtt_url or endpoints.mqtt_admin_url or settings.mqtt_url,
+                       map_tiles_url=settings.map_tiles_url,
+                       map_tiles_attribution=settings.map_tiles_attribution)  # fmt: skip
     uvicorn.run(
         create_app(config),
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",
+        ws="websockets-sansio",  # /v1/live; uvicorn's default picks websockets' deprecated legacy API
+        # compressing every client's updates separately cost more CPU than all the rest of the fan-out
+        # (bench/live.py, docs/performance.md)
+        ws_per_message_deflate=False,
         ssl_certfile=str(cert) if cert else None,
         ssl_keyfile=str(key) if key else None,
     )
@@ -467,6 +475,12 @@ def bench_api(ctx: typer.Context) -> None:
 from fleet.commands_cli import app as commands_app  # noqa: E402
 
 app.add_typer(commands_app, name="commands")
+
+
+@bench_app.command("live", context_settings=_PASS_THROUGH)
+def bench_live(ctx: typer.Context) -> None:
+    """/v1/live fan-out: WebSocket clients (100), vehicle updates a second (10,000), the lag each client sees."""
+    _run_bench("live", ctx.args)
 
 
 @bench_app.command("commands", context_settings=_PASS_THROUGH)

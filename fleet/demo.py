@@ -253,6 +253,8 @@ def _announce(
     scheme = "https" if settings.api_tls_cert and settings.api_tls_key else "http"
     url = f"{scheme}://{settings.api_host}:{settings.api_port}"
     console.print(f"[bold green]Fleet is up[/]: {devices} simulated devices.")
+    console.print(f"  map:      {map_url(url, key)}", highlight=False, soft_wrap=True)
+    console.print("            (open it, click a bike, lock it; the key stays in that browser)")
     console.print(f"  API key:  {key}   (admin; shown once, revoked by the next demo)", highlight=False)
     console.print(f"  map API:  {url}/v1/vehicles   (GeoJSON)")
     console.print(f"  zones:    {url}/v1/zones   events: {url}/v1/events   utilization: {url}/v1/utilization")
@@ -278,6 +280,12 @@ def _announce_subscriptions(end: datetime | None, bike: str, console: Console) -
     notice_min = float(DEMO_NOTICE_HOURS) * 60
     console.print(f"            [yellow]demo settings: notice period shortened to {notice_min:.0f} min (default 72 h by"
                   " email and SMS), notices marked sent at start[/]   ·   docs/subscriptions.md")  # fmt: skip
+
+
+def map_url(api_url: str, key: str) -> str:
+    """The map page with the key in the fragment: a browser never sends a fragment to the server (so it
+    is in no access log), and the page moves it into its own storage and out of the address bar."""
+    return f"{api_url}/map#key={key}"
 
 
 def _json_bike(devices: int) -> str:

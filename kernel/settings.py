@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     api_tls_cert: Path | None = None  # with api_tls_key: the API serves HTTPS
     api_tls_key: Path | None = None
     api_docs: bool = True  # /docs, /redoc and /openapi.json (public; the document holds no secret)
+    # The map page's base map: a tile URL template ({z}/{x}/{y}) and its attribution; none by default
+    # (a plain background: the page needs no outside address)
+    map_tiles_url: str | None = None
+    map_tiles_attribution: str = ""
 
     max_payload_bytes: int = Field(default=16 * 1024, ge=256)
     future_tolerance_s: float = 300.0

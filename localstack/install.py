@@ -23,6 +23,8 @@ from pathlib import Path
 from localstack.errors import StackError
 
 SERVER_PACKAGES = ("mosquitto", "mosquitto-clients", "postgresql-15", "postgresql-server-dev-15", "redis-server")
+# The map page's browser test drives Debian's chromium (Playwright must not download a browser of its own)
+TEST_PACKAGES = ("chromium",)
 BUILD_PACKAGES = ("cmake", "gcc", "make", "dpkg-dev", "libssl-dev")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SOURCE_SUITE = "trixie"
@@ -184,15 +186,16 @@ def _first_existing(paths: Sequence[str]) -> str | None:
 # ---------------------------------------------------------------- the imperative part
 
 
-def ensure_installed(log: Log = print, *, cache_dir: Path | None = None) -> None:
+def ensure_installed(log: Log = print, *, cache_dir: Path | None = None, tests: bool = False) -> None:
     """Install the server packages and TimescaleDB if missing; skip every step already done.
+    `tests` adds what the test suite needs besides the servers (`TEST_PACKAGES`).
 
     Without root (or without apt-get) nothing system-wide is changed: a `StackError` lists the commands.
     """
     cache = cache_dir or default_cache_dir()
     pg_config = PG_BIN / "pg_config"
     have_tsdb = timescaledb_installed(pg_config)
-    wanted = list(SERVER_PACKAGES) + ([] if have_tsdb else list(BUILD_PACKAGES))
+    wanted = [*SERVER_PACKAGES, *([] if have_tsdb else BUILD_PACKAGES), *(TEST_PACKAGES if tests else ())]
     missing = missing_packages(wanted)
     if missing:
         if not (is_root() and shutil.which("apt-get")):

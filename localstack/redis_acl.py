@@ -74,11 +74,12 @@ SERVICE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
     "api": (
         # live map and health read; the device registry admits and evicts devices for the gateway;
         # /readyz and the metrics read each stage's stream lag (XINFO GROUPS); the live-fleet
-        # snapshot follows fleet:live
+        # snapshot follows fleet:live; /v1/live subscribes to vehicle states, zone events and command
+        # transitions
         (f"%R~{keys.VEHICLES}", f"%R~{keys.ONLINE}", f"%R~{keys.COUNTERS}", f"~{keys.DEVICES}",
          f"~{keys.DEVICES_VERSION}", f"%R~{keys.INGEST_STREAM}", f"%R~{keys.POSITIONS_STREAM}",
          f"%R~{keys.CMD_ACKS_STREAM}"),
-        (keys.CMD_WAKE_CHANNEL, keys.LIVE_CHANNEL),
+        (keys.CMD_WAKE_CHANNEL, keys.LIVE_CHANNEL, keys.EVENTS_CHANNEL, keys.COMMANDS_CHANNEL),
         (*_TRANSACTION, "+hgetall", "+hget", "+hmget", "+sadd", "+srem", "+del", "+incrby", "+publish",
          "+xinfo|groups", "+xlen", "+subscribe", "+unsubscribe"),
     ),

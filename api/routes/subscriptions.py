@@ -306,8 +306,9 @@ async def device_subscription(device_id: str, config: ConfigDep) -> dict[str, An
         return found
 
     found = await _read(config, read)
-    if found is None:
-        raise HTTPException(404, f"{device_id} is on no subscription")
+    if found is None:  # a device on no subscription is a normal answer, not a missing resource
+        return {"device_id": device_id, "subscription": None, "assigned_at": None, "locked_by_policy": False,
+                "unlock_refused": None, "decisions": []}  # fmt: skip
     decisions = [{"desired": d, "reason": r, "transition": t, "decided_at": at.isoformat(), "command_id": c}
                  for d, r, t, at, c in found["decisions"]]  # fmt: skip
     return {

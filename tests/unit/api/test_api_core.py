@@ -91,7 +91,7 @@ def test_recompute_window() -> None:
     assert math.isfinite((now - EARLIEST).total_seconds())
 
 
-@pytest.mark.parametrize("module", ["api.keys", "api.inputs"])
+@pytest.mark.parametrize("module", ["api.keys", "api.inputs", "api.livefeed"])
 def test_core_modules_import_no_io_library(module: str) -> None:
     code = (
         f"import sys, {module}\n"

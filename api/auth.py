@@ -40,6 +40,26 @@ MAX_REPORTED = 20  # problems named in one 422
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="fleet"'}
 
 
+class KeyCheckUnavailable(Exception):
+    """The key store does not answer: the caller says so (503, or a WebSocket close), never "unknown key"."""
+
+
+async def find_actor(pool: Any, token: str) -> Actor | None:
+    """The key's holder, or None for a key that is not ours, unknown or revoked. The lookup runs in a
+    thread on the API's key pool (one for HTTP routes and `/v1/live` alike)."""
+    if key_id_of(token) is None:  # not one of ours: no database round trip for it
+        return None
+
+    def lookup() -> Actor | None:
+        with pool.connection(timeout=5) as conn:
+            return keystore.authenticate(conn, token)
+
+    try:
+        return await run_in_threadpool(lookup)
+    except (psycopg.OperationalError, PoolTimeout):
+        raise KeyCheckUnavailable("cannot check the API key: the database does not answer") from None
+
+
 class RequireRole:
     """A dependency that admits keys of `role` or above and returns the caller as an `Actor`."""
 
@@ -58,16 +78,10 @@ class RequireRole:
         token = _presented(bearer.credentials if bearer else None, api_key)
         if key_id_of(token) is None:  # not one of ours: no database round trip for it
             raise HTTPException(401, "unknown or revoked API key", headers=_UNAUTHORIZED)
-        pool = request.app.state.auth_pool
-
-        def lookup() -> Actor | None:
-            with pool.connection(timeout=5) as conn:
-                return keystore.authenticate(conn, token)
-
         try:
-            actor = await run_in_threadpool(lookup)
-        except (psycopg.OperationalError, PoolTimeout):
-            raise HTTPException(503, "cannot check the API key: the database does not answer") from None
+            actor = await find_actor(request.app.state.auth_pool, token)
+        except KeyCheckUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
         if actor is None:
             raise HTTPException(401, "unknown or revoked API key", headers=_UNAUTHORIZED)
         assert actor.role is not None

@@ -15,13 +15,11 @@ import contextlib
 from typing import Any
 
 import orjson
-import psycopg
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
-from psycopg_pool import PoolTimeout
 from starlette.websockets import WebSocketState
 
-from api import keystore
+from api.auth import KeyCheckUnavailable, find_actor
 from api.keys import Role
 from api.keystore import Actor
 from api.live import LiveClient, LiveHub, send_loop
@@ -120,16 +118,10 @@ def _header_key(websocket: WebSocket) -> str | None:
 
 
 async def _authenticate(websocket: WebSocket, token: str) -> Actor | None:
-    pool = websocket.app.state.auth_pool
-
-    def lookup() -> Actor | None:
-        with pool.connection(timeout=5) as conn:
-            return keystore.authenticate(conn, token)
-
     try:
-        actor = await run_in_threadpool(lookup)
-    except (psycopg.OperationalError, PoolTimeout):
-        await websocket.close(UNAVAILABLE, "cannot check the API key: the database does not answer")
+        actor = await find_actor(websocket.app.state.auth_pool, token)
+    except KeyCheckUnavailable as exc:
+        await websocket.close(UNAVAILABLE, str(exc))
         return None
     if actor is None or actor.role is None or not actor.role.allows(Role.VIEWER):
         return None

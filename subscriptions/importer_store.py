@@ -23,6 +23,7 @@ import psycopg
 from provisioning.credentials import DeviceCredentials
 from provisioning.registry import DeviceRegistry, DeviceSpec
 from subscriptions.importer import ImportRow, RowError, UnsafeFile, parse, validate
+from subscriptions.store import notify
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -72,6 +73,10 @@ def run_import(
         report.customers_written = write_customers(conn, good, now)
         report.subscriptions_written = write_subscriptions(conn, good, now)
         report.assignments_written = write_assignments(conn, good, now)
+        ids = conn.execute(
+            "SELECT id FROM subscriptions WHERE external_ref = ANY(%s)", (list({r.subscription_ref for r in good}),)
+        ).fetchall()
+        notify(conn, [i for (i,) in ids])  # the lockout engine takes the new subscriptions in at once
     if progress is not None:
         progress("subscriptions", len(good), len(good))
     report.imported = True

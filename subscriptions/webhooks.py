@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from subscriptions.importer import NAMESPACE, PHONE, SERIAL
 from subscriptions.periods import add_months
 from subscriptions.render import render_welcome
+from subscriptions.store import notify
 
 Ref = Field(min_length=1, max_length=200)
 
@@ -115,6 +116,7 @@ def apply_order(conn: psycopg.Connection, event: OrderEvent, now: datetime) -> d
         sub_id, newer = _subscription(conn, d.order_id, at, created is not None)
         if newer:
             _assign(conn, sub_id, d.devices, now)
+            notify(conn, [sub_id])  # the lockout engine acts on it at once, as on any change
         if created is not None:
             _welcome(conn, customer_id, sub_id, c, plan[0], end, d.devices, now)
         outcome = "created" if created else ("updated" if newer else "stale: older than the applied state")
@@ -201,5 +203,6 @@ def apply_payment(conn: psycopg.Connection, event: PaymentEvent, now: datetime) 
             outcome = "stale: older than the applied state"
         else:
             outcome = f"applied: {row[1]}"
+            notify(conn, [row[0]])  # a payment unlocks (or a failure starts the clock) at once
         _outcome(conn, "payments", event.id, outcome)
     return {"duplicate": False, "outcome": outcome}

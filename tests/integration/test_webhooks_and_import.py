@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from fleet_harness import api_client
@@ -17,6 +18,7 @@ from api.app import create_app
 from api.deps import ApiConfig
 from kernel.endpoints import Endpoints
 from subscriptions.signing import HEADER, sign
+from subscriptions.store import CHANNEL
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +105,34 @@ def test_payments_move_the_state_and_never_roll_back(shop: tuple[Endpoints, Test
     unknown = _post(client, "/v1/webhooks/payments", {"id": "p9", "type": "payment.paid", "created": now.isoformat(),
                                                       "data": {"subscription_ref": "nope"}})  # fmt: skip
     assert unknown.status_code == 422
+
+
+def test_orders_payments_and_imports_wake_the_lockout_engine(shop: tuple[Endpoints, TestClient]) -> None:
+    """The engine acts on every subscription change at once: a change made by a webhook or an import
+    is announced on the engine's channel when it commits, like one made through the store."""
+    endpoints, client = shop
+    listener = psycopg.connect(endpoints.database_url, autocommit=True)
+    try:
+        listener.execute(f"LISTEN {CHANNEL}")
+
+        def heard() -> set[str]:
+            return {n.payload for n in listener.notifies(timeout=2, stop_after=50)}
+
+        now = datetime.now(UTC)
+        _post(client, "/v1/webhooks/orders", _order("w1", now - timedelta(seconds=30), ["bike-9"]))
+        (sid,) = rows(endpoints, "SELECT id::text FROM subscriptions WHERE external_ref = 'order-1'")[0]
+        assert sid in heard()
+        event = {"id": "w2", "type": "payment.failed", "created": now.isoformat(),
+                 "data": {"subscription_ref": "order-1"}}  # fmt: skip
+        assert _post(client, "/v1/webhooks/payments", event).json()["outcome"] == "applied: past_due"
+        assert sid in heard()
+        with api_client(endpoints, registry=True) as admin:
+            report = admin.post("/v1/imports?filename=f.csv", content=_csv(3, start=900))
+        assert report.status_code == 200, report.text
+        imported = {i for (i,) in rows(endpoints, "SELECT id::text FROM subscriptions WHERE external_ref <> 'order-1'")}
+        assert imported and imported <= heard()
+    finally:
+        listener.close()
 
 
 def _csv(n: int, start: int = 0) -> bytes:

@@ -25,7 +25,7 @@ from kernel.settings import MqttTarget, Settings
 if TYPE_CHECKING:
     from kernel.endpoints import Endpoints
     from simulators.config import SimConfig
-    from simulators.fleet import SimSummary
+    from simulators.run import SimSummary
 
 DEMO_RATE = 0.5  # messages per second per simulated device
 STOP_GRACE_S = 10.0

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiomqtt
 import numpy as np
@@ -26,10 +26,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from simulators.config import CommandHabit, DeviceRole, report_interval, report_message
 from simulators.encode import Format, encode_json_batches, topic_for
 from simulators.faults import DUPLICATE, EXPECTED_REASON, FaultKind, Outgoing, choose, reject
+from simulators.run import FleetRun
 from simulators.vehicle import Reading, apply_command, initial_state, movement_rng, step
-
-if TYPE_CHECKING:
-    from simulators.fleet import FleetRun
 
 log = logging.getLogger(__name__)
 

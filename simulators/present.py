@@ -14,8 +14,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from simulators.fleet import Progress, SimSummary
 from simulators.load import LoadSummary
+from simulators.run import Progress, SimSummary
 
 
 def progress_text(p: Progress) -> str:

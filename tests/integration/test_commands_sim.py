@@ -18,7 +18,8 @@ from kernel.endpoints import Endpoints
 from kernel.settings import MqttTarget
 from simulators.config import CommandHabit, SimConfig, device_ids
 from simulators.faults import FaultConfig
-from simulators.fleet import SimSummary, run_fleet
+from simulators.fleet import run_fleet
+from simulators.run import SimSummary
 from simulators.vehicle import Behaviour
 
 pytestmark = pytest.mark.integration

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent)]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent), str(_HERE)]
 
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+from benchkit import start_stack  # noqa: E402
 
 from api.keys import Role  # noqa: E402
 from api.keystore import Actor, create_key  # noqa: E402
@@ -44,17 +45,6 @@ from kernel.livestate import LiveState  # noqa: E402
 
 CITY = (13.30, 52.45, 13.50, 52.57)  # lon/lat box, about 13.6 km x 13.3 km
 TARGETS = {"fleet": 0.150, "box": 0.020}
-
-
-def start_stack(workdir: Path):  # type: ignore[no-untyped-def]
-    from ingest.migrate import migrate
-    from localstack import Stack, ensure_installed, free_ports
-
-    ensure_installed(log=print)
-    stack = Stack(workdir / "stack", free_ports(), log=lambda _m: None)
-    urls = stack.up()
-    migrate(urls.database_url)
-    return stack, urls
 
 
 def state(device_id: str, rng: random.Random, now: float) -> dict[str, object]:

@@ -46,6 +46,7 @@ import orjson  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+from benchkit import pct, start_stack  # noqa: E402
 from command_farm import farm_main, report  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
@@ -53,17 +54,6 @@ from commands.issue import TRANSITIONS_CHANNEL, CommandRequest, issue_many  # no
 from commands.model import Action, Rules  # noqa: E402
 from kernel.livestate import VEHICLES_KEY  # noqa: E402
 from kernel.settings import MqttTarget  # noqa: E402
-
-
-def start_stack(workdir: Path):  # type: ignore[no-untyped-def]
-    from ingest.migrate import migrate
-    from localstack import Stack, ensure_installed, free_ports
-
-    ensure_installed(log=print)
-    stack = Stack(workdir / "stack", free_ports(), log=lambda _m: None)
-    urls = stack.up()
-    migrate(urls.database_url)
-    return stack, urls
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -216,11 +206,6 @@ def _stack_cpu(stack: Any) -> float:
             except (OSError, ValueError, IndexError):
                 continue
     return total
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
 @dataclass(frozen=True, slots=True)

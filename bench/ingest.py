@@ -48,6 +48,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(
 import orjson  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+from benchkit import pct  # noqa: E402
 from ingest_load import STALL_S, Plan, PubResult, baseline, publish, publish_once  # noqa: E402
 
 from ingest.service import POSITIONS_STREAM  # noqa: E402
@@ -362,13 +363,6 @@ def retire_sessions(servers: Servers, instances: list[str]) -> None:
 
 
 # -- report -------------------------------------------------------------------------------------------
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def report(plan: Plan, args: argparse.Namespace, base: tuple[float, int] | None, out: Outcome, busy: float) -> bool:
     first = out.start
     acked = sum(r.acked for r in out.results)

@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent)]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent), str(_HERE)]
 
 import orjson  # noqa: E402
 import redis  # noqa: E402
+from benchkit import pct  # noqa: E402
 
 from kernel import keys  # noqa: E402
 from simulators.city import City  # noqa: E402
@@ -141,13 +142,6 @@ def run_clients(url: str, key: str, clients: int, slow: int, share: float, until
                                       for i in range(clients)))  # fmt: skip
 
     out.send(asyncio.run(main()))
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(argv: list[str] | None = None) -> int:

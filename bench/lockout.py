@@ -33,20 +33,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent), str(_HERE)]
 
 import psycopg  # noqa: E402
+from benchkit import pct, start_stack  # noqa: E402
 
 from subscriptions.lockout_store import overdue_key  # noqa: E402
 from subscriptions.model import Channel  # noqa: E402
-
-
-def start_stack(workdir: Path):  # type: ignore[no-untyped-def]
-    from ingest.migrate import migrate
-    from localstack import Stack, ensure_installed, free_ports
-
-    ensure_installed(log=print)
-    stack = Stack(workdir / "stack", free_ports(), log=lambda _m: None)
-    urls = stack.up()
-    migrate(urls.database_url)
-    return stack, urls
 
 
 def seed(database_url: str, n: int, first_end: datetime, spread_s: float) -> None:
@@ -98,10 +88,6 @@ def measure(database_url: str) -> tuple[list[float], int, int, int]:
     return latencies, missed, duplicates, len(rows)
 
 
-def _pct(values: list[float], p: float) -> float:
-    return values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscriptions", type=int, default=5000)
@@ -144,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
           f" uptime {float(up) / 3600:.1f} h; load {load}")  # fmt: skip
     print(f"{total} subscriptions ending within {args.spread:g} s, {args.engines} engine(s)")
     worst = max(latencies, default=float("nan"))
-    print(f"expiry → lock command issued: p50 {_pct(latencies, 0.5) * 1000:.0f} ms,"
-          f" p99 {_pct(latencies, 0.99) * 1000:.0f} ms, max {worst * 1000:.0f} ms")  # fmt: skip
+    print(f"expiry → lock command issued: p50 {pct(latencies, 0.5) * 1000:.0f} ms,"
+          f" p99 {pct(latencies, 0.99) * 1000:.0f} ms, max {worst * 1000:.0f} ms")  # fmt: skip
     print(f"missed {missed}, duplicates {duplicates}")
     if args.keep:
         print(f"kept {workdir}")
-    ok = missed == 0 and duplicates == 0 and latencies and _pct(latencies, 0.99) <= 1.0
+    ok = missed == 0 and duplicates == 0 and latencies and pct(latencies, 0.99) <= 1.0
     return 0 if ok else 1
 
 

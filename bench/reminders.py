@@ -36,20 +36,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent), str(_HERE)]
 
 import psycopg  # noqa: E402
+from benchkit import start_stack  # noqa: E402
 
 from subscriptions.sender import NotifyService  # noqa: E402
 from subscriptions.settings import NotifySettings  # noqa: E402
-
-
-def start_stack(workdir: Path):  # type: ignore[no-untyped-def]
-    from ingest.migrate import migrate
-    from localstack import Stack, ensure_installed, free_ports
-
-    ensure_installed(log=print)
-    stack = Stack(workdir / "stack", free_ports(), log=lambda _m: None)
-    urls = stack.up()
-    migrate(urls.database_url)
-    return stack, urls
 
 
 def free_port() -> int:

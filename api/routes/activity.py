@@ -24,7 +24,7 @@ from api.fleetview import in_zone
 from api.inputs import FleetTime
 from api.routes.utilization import MAX_BUCKETS, _figures
 from api.schemas import DeviceUtilizationPage, ZoneActivity
-from geofence import store
+from api.window import window
 
 router = APIRouter(prefix="/v1", tags=["utilization"], dependencies=[VIEWER])
 
@@ -48,10 +48,7 @@ _PER_DEVICE = (
 
 
 def _window(start: datetime | None, end: datetime | None, width: int) -> tuple[datetime, datetime]:
-    end = store.utc(end) if end else datetime.now(UTC)
-    start = store.utc(start) if start else end - timedelta(days=1)
-    if start >= end:
-        raise HTTPException(422, "'from' must be before 'to'")
+    start, end = window(start, end, timedelta(days=1))
     if (end - start).total_seconds() / width > MAX_BUCKETS:
         raise HTTPException(422, f"at most {MAX_BUCKETS} buckets per request: narrow the window or use bucket=day")
     return start, end

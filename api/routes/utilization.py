@@ -8,7 +8,7 @@ Buckets are UTC hours or days; the window is widened to whole buckets at its sta
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
@@ -17,6 +17,7 @@ from api.auth import VIEWER
 from api.db import DbDep, fetch
 from api.inputs import FleetTime
 from api.schemas import Trip, Utilization
+from api.window import window
 from geofence import store
 
 router = APIRouter(prefix="/v1", tags=["utilization"], dependencies=[VIEWER])
@@ -73,10 +74,7 @@ async def fleet_utilization(
 ) -> dict[str, Any]:
     """Per bucket and for the whole window: utilization, ride/idle/in-service/maintenance hours and
     vehicle counts. Defaults: the last 24 hours."""
-    end = store.utc(end) if end else datetime.now(UTC)
-    start = store.utc(start) if start else end - timedelta(days=1)
-    if start >= end:
-        raise HTTPException(422, "'from' must be before 'to'")
+    start, end = window(start, end, timedelta(days=1))
     width = _WIDTH[bucket]
     if (end - start).total_seconds() / width > MAX_BUCKETS:
         raise HTTPException(

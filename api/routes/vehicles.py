@@ -8,7 +8,7 @@ are in vehicle id order; `next_cursor` is opaque and goes back as `cursor`.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -21,6 +21,7 @@ from api.db import AsyncRedisDep, DbDep
 from api.inputs import FleetTime
 from api.livefleet import LiveFleet
 from api.schemas import TrackFeature, VehicleCollection, VehicleFeature, body_of
+from api.window import window
 from geofence import store
 from kernel import keys
 
@@ -131,10 +132,7 @@ async def get_track(
 ) -> Response:
     """The vehicle's positions over [from, to) (default: the last hour) as a GeoJSON LineString.
     Over a window with more than about 2,000 positions, one position per `time_bucket` (its last)."""
-    end = store.utc(end) if end else datetime.now(UTC)
-    start = store.utc(start) if start else end - TRACK_DEFAULT
-    if start >= end:
-        raise HTTPException(422, "'from' must be before 'to'")
+    start, end = window(start, end, TRACK_DEFAULT)
     if end - start > TRACK_MAX_WINDOW:
         raise HTTPException(422, f"a track spans at most {TRACK_MAX_WINDOW.days} days")
     params: dict[str, Any] = {"from": start, "to": end, "limit": TRACK_MAX_POINTS + 1}
